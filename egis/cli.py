@@ -1,0 +1,322 @@
+"""The `egis` command line (also `python starter.py`).
+
+Exit codes: 0 success; 1 refused (budget, state, exchange); 2 bad input or usage; 3 a server
+is unreachable. Errors are one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from egis.config import Settings
+from egis.errors import EgisError, InvalidInput, StackError
+from egis.output import table, to_json
+
+EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """argparse would exit(2) and print usage; we want one line and a typed exit code."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def actor() -> str:
+    with contextlib.suppress(Exception):
+        return f"cli:{getpass.getuser()}"
+    return "cli"
+
+
+def decimal_arg(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for field in ("data_dir", "temporal_port", "temporal_ui_port", "postgres_port", "metrics_port"):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
+    """Run a command coroutine and map every failure to one line and an exit code."""
+    try:
+        return asyncio.run(coro_fn()) or EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except EgisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ValidationError as exc:
+        print(f"error: {_validation_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, ConnectionError, RuntimeError) as exc:
+        if _is_unreachable(exc):
+            print(f"error: cannot reach a server: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        raise
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, ConnectionError | OSError) or "connect" in text or "unavailable" in text
+
+
+# ---------------------------------------------------------------- commands
+async def cmd_dev_up(args: argparse.Namespace) -> int:
+    from egis.stack.stack import Stack
+
+    settings = settings_from(args)
+    stack = Stack(settings, run_worker=not args.no_worker)
+    await stack.start()
+    print("Egis dev stack is up (Ctrl-C stops it)")
+    if stack.ui_url:
+        print(f"  Temporal web UI   {stack.ui_url}")
+    print(f"  DATABASE_URL      {stack.database_url}")
+    print(f"  TEMPORAL_ADDRESS  {stack.temporal_address}")
+    print(f"  data dir          {stack.data_dir}  (logs in {stack.logs_dir})")
+    print(f"  worker metrics    http://127.0.0.1:{settings.metrics_port}/metrics", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.ensure_future(stack.wait_for_child_exit())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = EXIT_OK
+    if watcher in done:
+        print(f"error: the {watcher.result()} process exited unexpectedly; stopping the stack", file=sys.stderr)
+        code = EXIT_REFUSED
+    watcher.cancel()
+    stopper.cancel()
+    print("stopping: worker, Temporal, PostgreSQL ...", flush=True)
+    await stack.stop()
+    print("stopped")
+    return code
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from egis.demo import run_demo
+
+    return await run_demo(settings_from(args), keep=args.keep)
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    import worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.run_worker(settings_from(args), stop)
+    return EXIT_OK
+
+
+async def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from egis.db.engine import make_engine
+
+    return make_engine(settings_from(args).require_database_url(), pool_size=2)
+
+
+async def cmd_db(args: argparse.Namespace) -> int:
+    from egis.db import migrate
+
+    engine = await _engine(args)
+    try:
+        if args.db_command == "upgrade":
+            await migrate.upgrade(engine, args.revision)
+        elif args.db_command == "downgrade":
+            await migrate.downgrade(engine, args.revision)
+        print(f"database at revision {await migrate.current_revision(engine) or 'base'}")
+    finally:
+        await engine.dispose()
+    return EXIT_OK
+
+
+async def cmd_bots(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+    from egis.models import AgedPolicy, BotSpec
+
+    async with EgisClient.from_settings(settings_from(args), temporal=False) as client:
+        if args.bots_command == "create":
+            aged = None
+            if args.aged_max_age is not None:
+                aged = AgedPolicy(
+                    max_age_s=args.aged_max_age,
+                    grace_s=args.aged_grace,
+                    loss_step_pct=args.aged_loss_step,
+                    max_loss_pct=args.aged_max_loss,
+                    expire_s=args.aged_expire or args.aged_max_age + args.aged_grace + 24 * 3600,
+                )
+            bot = await client.create_bot(
+                BotSpec(
+                    name=args.name,
+                    exchange=args.exchange,
+                    account=args.account,
+                    budget_usd=args.budget,
+                    aged=aged,
+                ),
+                actor=actor(),
+            )
+            print(to_json(bot) if args.json else f"created bot {bot.name} on {bot.exchange}/{bot.account}")
+            return EXIT_OK
+        bots = await client.list_bots()
+        if args.json:
+            print(to_json(bots))
+        else:
+            rows = [b.model_dump() | {"aged": "yes" if b.aged else "no"} for b in bots]
+            print(table(rows, ["name", "exchange", "account", "budget_usd", "aged"]))
+    return EXIT_OK
+
+
+async def cmd_budget(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args), temporal=False) as client:
+        if args.set is not None:
+            view = await client.set_budget(args.bot, args.set, actor=actor())
+        else:
+            view = await client.budget(args.bot)
+    if args.json:
+        print(to_json(view))
+    else:
+        print(
+            table(
+                [view.model_dump()],
+                ["bot", "budget_usd", "reserved_usd", "available_usd", "reserving_positions"],
+            )
+        )
+    return EXIT_OK
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        report = await client.health()
+    print(to_json(report) if args.json else f"ok: worker on {report.worker_identity}, database {report.database}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="embedded stack data dir (default ./.egis, env EGIS_DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="egis", description="Egis: trading-position lifecycles as durable Temporal workflows.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    dev = sub.add_parser("dev", help="the embedded development stack")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, parser_class=_Parser)
+    up = dev_sub.add_parser("up", help="start PostgreSQL, Temporal (web UI) and the worker; Ctrl-C stops all")
+    _common(up)
+    up.add_argument("--temporal-port", type=int, help="Temporal gRPC port (default 7233)")
+    up.add_argument("--ui-port", dest="temporal_ui_port", type=int, help="Temporal web UI port (default 8233)")
+    up.add_argument("--pg-port", dest="postgres_port", type=int, help="PostgreSQL port (default 55432)")
+    up.add_argument("--metrics-port", type=int, help="worker /metrics port (default 9464)")
+    up.add_argument("--no-worker", action="store_true", help="start the servers only")
+    up.set_defaults(func=cmd_dev_up)
+
+    demo = sub.add_parser("demo", help="bring the stack up, replay the seed incidents, print what happened")
+    _common(demo)
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--temporal-port", type=int)
+    demo.add_argument("--ui-port", dest="temporal_ui_port", type=int)
+    demo.add_argument("--pg-port", dest="postgres_port", type=int)
+    demo.add_argument("--metrics-port", type=int)
+    demo.set_defaults(func=cmd_demo)
+
+    wk = sub.add_parser("worker", help="run the worker (same as python worker.py)")
+    _common(wk)
+    wk.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    for name, default in (("upgrade", "head"), ("downgrade", "-1"), ("current", None)):
+        p = db_sub.add_parser(name)
+        _common(p)
+        if default is not None:
+            p.add_argument("revision", nargs="?", default=default)
+        p.set_defaults(func=cmd_db)
+
+    bots = sub.add_parser("bots", help="create and list bots")
+    bots_sub = bots.add_subparsers(dest="bots_command", required=True, parser_class=_Parser)
+    create = bots_sub.add_parser("create", help="create a bot")
+    _common(create)
+    create.add_argument("name")
+    create.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit", "paper"])
+    create.add_argument("--account", required=True, help="account reference (credentials are looked up by it)")
+    create.add_argument("--budget", required=True, type=decimal_arg, help="budget in USD")
+    create.add_argument("--aged-max-age", type=int, help="aged policy: seconds before a position counts as aged")
+    create.add_argument("--aged-grace", type=int, default=0, help="aged policy: grace phase length, seconds")
+    create.add_argument("--aged-loss-step", type=decimal_arg, default=Decimal("0.5"), help="%% more loss per hour")
+    create.add_argument("--aged-max-loss", type=decimal_arg, default=Decimal("5"), help="loss cap, %%")
+    create.add_argument("--aged-expire", type=int, help="age (seconds) at which to close at market")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_bots)
+    ls = bots_sub.add_parser("list", help="list bots")
+    _common(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_bots)
+
+    budget = sub.add_parser("budget", help="a bot's budget, computed from positions")
+    _common(budget)
+    budget.add_argument("--bot", required=True)
+    budget.add_argument("--set", type=decimal_arg, help="change the budget (USD)")
+    budget.add_argument("--json", action="store_true")
+    budget.set_defaults(func=cmd_budget)
+
+    health = sub.add_parser("health", help="run a health workflow through the worker")
+    _common(health)
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

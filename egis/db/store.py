@@ -1,0 +1,640 @@
+"""Transactional operations on the positions store.
+
+Functions take an `AsyncConnection` inside a transaction, so several can share one (the paper
+exchange applies its own fill and the internal fill in ONE transaction, seed 000 §7).
+`Store` wraps them, one transaction per call, for everyone else.
+
+Every mutation writes an audit event (actor, action, reason, before, after) in the same
+transaction. The rules themselves (intent, budget) live in `egis.rules`; this module only
+loads rows, calls them, and writes what they return.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from egis.db.schema import audit_events, bots, orders, positions
+from egis.errors import (
+    DuplicateBot,
+    IntentViolation,
+    InvalidInput,
+    InvalidTransition,
+    PositionAlreadyOpen,
+    PositionNotFound,
+    UnknownBot,
+)
+from egis.models import (
+    FINAL_STATUSES,
+    RESERVING_STATUSES,
+    AgedPolicy,
+    BotSpec,
+    BotView,
+    BudgetView,
+    ErrorClass,
+    Exchange,
+    Intent,
+    OrderOutcome,
+    OrderSide,
+    OrderStatus,
+    PositionStatus,
+    ReservedPosition,
+    ReserveInput,
+    Side,
+    order_side_for,
+)
+from egis.rules import budget as budget_rule
+from egis.rules.intent import OrderRef, PositionSnapshot, apply_fill, increment
+
+ONE_WAY_EXCHANGES = frozenset({Exchange.BINANCEUSDM, Exchange.BYBIT})
+"""Exchanges where an account holds one net position per symbol (one-way mode)."""
+
+
+def jsonable(value: Any) -> Any:
+    """Rows to JSON for audit events: Decimals as strings (exact), datetimes as ISO 8601."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+async def audit(
+    conn: AsyncConnection,
+    *,
+    actor: str,
+    action: str,
+    reason: str,
+    entity: str,
+    entity_id: object,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    run_id: int | None = None,
+) -> None:
+    await conn.execute(
+        audit_events.insert().values(
+            actor=actor,
+            action=action,
+            reason=reason,
+            entity=entity,
+            entity_id=str(entity_id),
+            before=jsonable(dict(before)) if before is not None else None,
+            after=jsonable(dict(after)) if after is not None else None,
+            run_id=run_id,
+        )
+    )
+
+
+# ---------------------------------------------------------------- bots
+def _bot_view(row: Mapping[str, Any]) -> BotView:
+    aged = None
+    if row["aged_max_age_s"] is not None:
+        aged = AgedPolicy(
+            max_age_s=row["aged_max_age_s"],
+            grace_s=row["aged_grace_s"],
+            loss_step_pct=row["aged_loss_step_pct"],
+            max_loss_pct=row["aged_max_loss_pct"],
+            expire_s=row["aged_expire_s"],
+        )
+    return BotView(
+        name=row["name"],
+        exchange=Exchange(row["exchange"]),
+        account=row["account"],
+        budget_usd=row["budget_usd"],
+        aged=aged,
+    )
+
+
+async def create_bot(conn: AsyncConnection, spec: BotSpec, *, actor: str) -> BotView:
+    values: dict[str, Any] = {
+        "name": spec.name,
+        "exchange": spec.exchange.value,
+        "account": spec.account,
+        "budget_usd": spec.budget_usd,
+    }
+    if spec.aged is not None:
+        values |= {
+            "aged_max_age_s": spec.aged.max_age_s,
+            "aged_grace_s": spec.aged.grace_s,
+            "aged_loss_step_pct": spec.aged.loss_step_pct,
+            "aged_max_loss_pct": spec.aged.max_loss_pct,
+            "aged_expire_s": spec.aged.expire_s,
+        }
+    try:
+        async with conn.begin_nested():
+            row = (await conn.execute(bots.insert().values(**values).returning(*bots.c))).mappings().one()
+    except IntegrityError as exc:
+        raise DuplicateBot(f"bot {spec.name!r} already exists") from exc
+    await audit(
+        conn,
+        actor=actor,
+        action="bot_created",
+        reason="requested",
+        entity="bots",
+        entity_id=spec.name,
+        before=None,
+        after=row,
+    )
+    return _bot_view(row)
+
+
+async def get_bot(conn: AsyncConnection, name: str, *, lock: bool = False) -> BotView:
+    query = select(bots).where(bots.c.name == name)
+    if lock:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).mappings().one_or_none()
+    if row is None:
+        raise UnknownBot(f"unknown bot {name!r}")
+    return _bot_view(row)
+
+
+async def list_bots(conn: AsyncConnection) -> list[BotView]:
+    rows = (await conn.execute(select(bots).order_by(bots.c.name))).mappings().all()
+    return [_bot_view(r) for r in rows]
+
+
+async def set_budget(conn: AsyncConnection, name: str, budget_usd: Decimal, *, actor: str) -> BudgetView:
+    """Change a bot's budget; refuses to go below what its live positions already hold."""
+    bot = await get_bot(conn, name, lock=True)
+    view = await budget_view(conn, name)
+    if budget_usd < view.reserved_usd:
+        raise InvalidInput(f"bot {name!r} has ${view.reserved_usd} in live positions; the budget cannot go below that")
+    await conn.execute(update(bots).where(bots.c.name == name).values(budget_usd=budget_usd, updated_at=func.now()))
+    await audit(
+        conn,
+        actor=actor,
+        action="budget_changed",
+        reason="requested",
+        entity="bots",
+        entity_id=name,
+        before={"budget_usd": bot.budget_usd},
+        after={"budget_usd": budget_usd},
+    )
+    return await budget_view(conn, name)
+
+
+# ---------------------------------------------------------------- budget
+def _reserving() -> Any:
+    return positions.c.status.in_([s.value for s in RESERVING_STATUSES])
+
+
+async def budget_view(conn: AsyncConnection, bot_name: str) -> BudgetView:
+    """The bot's budget, read from `positions` only (the single source of truth)."""
+    bot = await get_bot(conn, bot_name)
+    reserved, count = (
+        await conn.execute(
+            select(func.coalesce(func.sum(positions.c.size_usd), 0), func.count()).where(
+                positions.c.bot == bot_name, _reserving()
+            )
+        )
+    ).one()
+    reserved = budget_rule.to_cents(Decimal(reserved))
+    return BudgetView(
+        bot=bot_name,
+        budget_usd=bot.budget_usd,
+        reserved_usd=reserved,
+        available_usd=budget_rule.available(bot.budget_usd, reserved),
+        reserving_positions=count,
+    )
+
+
+# ---------------------------------------------------------------- positions
+def snapshot(row: Mapping[str, Any]) -> PositionSnapshot:
+    return PositionSnapshot(
+        side=Side(row["side"]),
+        status=PositionStatus(row["status"]),
+        quantity=row["quantity"],
+        closed_quantity=row["closed_quantity"],
+        entry_price=row["entry_price"],
+        exit_price=row["exit_price"],
+        realized_pnl=row["realized_pnl"],
+    )
+
+
+async def get_position(conn: AsyncConnection, position_id: int, *, lock: bool = False) -> dict[str, Any]:
+    query = select(positions).where(positions.c.id == position_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).mappings().one_or_none()
+    if row is None:
+        raise PositionNotFound(f"no position with id {position_id}")
+    return dict(row)
+
+
+async def get_order(conn: AsyncConnection, order_id: int, *, lock: bool = False) -> dict[str, Any]:
+    query = select(orders).where(orders.c.id == order_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).mappings().one_or_none()
+    if row is None:
+        raise InvalidInput(f"no order with id {order_id}")
+    return dict(row)
+
+
+def client_order_id(uid: str, intent: Intent, attempt: int) -> str:
+    """Deterministic per (position, intent, attempt): a retried send is looked up, not re-sent.
+
+    `uid` is random per position row, so a fresh database can never collide with orders an
+    older installation left on the same exchange account. At most 20 characters (Binance and
+    Bybit accept 36).
+    """
+    return f"eg{uid}{intent.value[0]}{attempt}"
+
+
+async def reserve_position(conn: AsyncConnection, req: ReserveInput, *, actor: str) -> ReservedPosition:
+    """Reserve budget and insert the position (opening) with its OPEN order, in one transaction.
+
+    Holding a row lock on the bot serializes concurrent opens of that bot, so the sum of
+    reservations can never exceed its budget. Idempotent per workflow id: a retried call
+    returns the rows the first call wrote.
+    """
+    existing = (
+        (await conn.execute(select(positions).where(positions.c.workflow_id == req.workflow_id)))
+        .mappings()
+        .one_or_none()
+    )
+    if existing is not None:
+        order = (
+            (
+                await conn.execute(
+                    select(orders).where(orders.c.position_id == existing["id"], orders.c.intent == Intent.OPEN.value)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return ReservedPosition(
+            position_id=existing["id"],
+            uid=existing["uid"],
+            order_id=order["id"],
+            client_order_id=order["client_order_id"],
+        )
+    bot = await get_bot(conn, req.bot, lock=True)
+    if bot.exchange != req.exchange or bot.account != req.account:
+        raise InvalidInput(f"bot {req.bot!r} trades on {bot.exchange}/{bot.account}, not {req.exchange}/{req.account}")
+    await _refuse_conflicting_positions(conn, req)
+    view = await budget_view(conn, req.bot)
+    budget_rule.check_reservation(req.bot, bot.budget_usd, view.reserved_usd, req.usd)
+
+    uid = secrets.token_hex(6)
+    position = (
+        (
+            await conn.execute(
+                positions.insert()
+                .values(
+                    uid=uid,
+                    bot=req.bot,
+                    exchange=req.exchange.value,
+                    account=req.account,
+                    symbol=req.symbol,
+                    side=req.side.value,
+                    status=PositionStatus.OPENING.value,
+                    size_usd=budget_rule.to_cents(req.usd),
+                    workflow_id=req.workflow_id,
+                )
+                .returning(*positions.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    order = (
+        (
+            await conn.execute(
+                orders.insert()
+                .values(
+                    position_id=position["id"],
+                    intent=Intent.OPEN.value,
+                    exchange=req.exchange.value,
+                    account=req.account,
+                    symbol=req.symbol,
+                    side=order_side_for(Intent.OPEN, req.side).value,
+                    quantity=req.quantity,
+                    reduce_only=False,
+                    client_order_id=client_order_id(uid, Intent.OPEN, 1),
+                    status=OrderStatus.PENDING.value,
+                )
+                .returning(*orders.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    await audit(
+        conn,
+        actor=actor,
+        action="position_reserved",
+        reason=f"open {req.side} {req.symbol} ${req.usd}",
+        entity="positions",
+        entity_id=position["id"],
+        before=None,
+        after=position,
+    )
+    return ReservedPosition(
+        position_id=position["id"], uid=uid, order_id=order["id"], client_order_id=order["client_order_id"]
+    )
+
+
+async def _refuse_conflicting_positions(conn: AsyncConnection, req: ReserveInput) -> None:
+    live = positions.c.status.in_([s.value for s in RESERVING_STATUSES])
+    same = (
+        await conn.execute(
+            select(positions.c.id).where(
+                positions.c.bot == req.bot,
+                positions.c.symbol == req.symbol,
+                positions.c.side == req.side.value,
+                live,
+            )
+        )
+    ).first()
+    if same is not None:
+        raise PositionAlreadyOpen(
+            f"bot {req.bot!r} already has a live {req.side} {req.symbol} position (id {same[0]})",
+            position_id=same[0],
+        )
+    if req.exchange not in ONE_WAY_EXCHANGES:
+        return
+    # One-way mode nets every position of an account in a symbol: a second live position
+    # there (another bot's, or the other side) would silently merge with the first.
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+        {"k": f"{req.exchange}/{req.account}/{req.symbol}"},
+    )
+    other = (
+        await conn.execute(
+            select(positions.c.id, positions.c.bot, positions.c.side).where(
+                positions.c.exchange == req.exchange.value,
+                positions.c.account == req.account,
+                positions.c.symbol == req.symbol,
+                live,
+            )
+        )
+    ).first()
+    if other is not None:
+        raise PositionAlreadyOpen(
+            f"account {req.exchange}/{req.account} already holds a live {req.symbol} position "
+            f"(id {other.id}, bot {other.bot!r}, {other.side}); one-way mode would net the two",
+            position_id=other.id,
+        )
+
+
+@dataclass(frozen=True)
+class FillReport:
+    """An exchange's cumulative report for one order."""
+
+    exchange_order_id: str | None
+    filled_quantity: Decimal
+    average_price: Decimal | None
+
+
+async def record_fill(
+    conn: AsyncConnection, order_id: int, report: FillReport, *, actor: str, exit_reason: str | None = None
+) -> OrderOutcome:
+    """Apply an exchange fill report to the order and its position (the intent rule decides).
+
+    Idempotent: a report already applied changes nothing. A report that the intent rule refuses
+    raises IntentViolation and the caller's transaction writes nothing.
+    """
+    order = await get_order(conn, order_id, lock=True)
+    _check_report(order, report)
+    if order["position_id"] is None:
+        raise IntentViolation(f"order {order_id} references no position")
+    position = await get_position(conn, order["position_id"], lock=True)
+    inc = None
+    if report.filled_quantity > 0:
+        assert report.average_price is not None  # _check_report
+        inc = increment(order["filled_quantity"], order["average_price"], report.filled_quantity, report.average_price)
+    intent = Intent(order["intent"])
+    if inc is not None:
+        before = snapshot(position)
+        after = apply_fill(
+            before, OrderRef(intent=intent, side=OrderSide(order["side"]), position_side=before.side), inc
+        )
+        changes: dict[str, Any] = {
+            "status": after.status.value,
+            "quantity": after.quantity,
+            "closed_quantity": after.closed_quantity,
+            "entry_price": after.entry_price,
+            "exit_price": after.exit_price,
+            "realized_pnl": after.realized_pnl,
+            "last_error": None,
+            "updated_at": func.now(),
+        }
+        if after.status is PositionStatus.OPEN and position["opened_at"] is None:
+            changes["opened_at"] = func.now()
+        if after.status is PositionStatus.CLOSED:
+            changes["closed_at"] = func.now()
+            changes["exit_reason"] = exit_reason or "closed"
+        new_position = (
+            (
+                await conn.execute(
+                    update(positions).where(positions.c.id == position["id"]).values(**changes).returning(*positions.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        await audit(
+            conn,
+            actor=actor,
+            action=f"{intent.value}_fill",
+            reason=exit_reason or f"{intent.value} order filled",
+            entity="positions",
+            entity_id=position["id"],
+            before=position,
+            after=new_position,
+        )
+        position = dict(new_position)
+    filled = report.filled_quantity if inc is not None else order["filled_quantity"]
+    status = OrderStatus.FILLED if filled > 0 else OrderStatus.PENDING
+    if 0 < filled < order["quantity"]:
+        status = OrderStatus.PARTIALLY_FILLED
+    await conn.execute(
+        update(orders)
+        .where(orders.c.id == order_id)
+        .values(
+            status=status.value,
+            filled_quantity=filled,
+            average_price=report.average_price if inc is not None else order["average_price"],
+            exchange_order_id=report.exchange_order_id or order["exchange_order_id"],
+            error_class=None,
+            error_code=None,
+            error_message=None,
+            updated_at=func.now(),
+        )
+    )
+    return OrderOutcome(
+        order_id=order_id,
+        client_order_id=order["client_order_id"],
+        status=status,
+        filled_quantity=filled,
+        average_price=report.average_price if inc is not None else order["average_price"],
+        position_status=PositionStatus(position["status"]),
+    )
+
+
+def _check_report(order: Mapping[str, Any], report: FillReport) -> None:
+    filled, price = report.filled_quantity, report.average_price
+    if not filled.is_finite() or filled < 0:
+        raise InvalidInput(f"order {order['id']}: filled quantity must be >= 0, got {filled}")
+    if filled > order["quantity"]:
+        raise InvalidInput(f"order {order['id']}: filled {filled} exceeds the order quantity {order['quantity']}")
+    if filled > 0 and (price is None or not price.is_finite() or price <= 0):
+        raise InvalidInput(f"order {order['id']}: a fill needs a positive price, got {price}")
+
+
+async def note_submission(conn: AsyncConnection, order_id: int) -> None:
+    """Count one send to the exchange (so reports can show how many orders actually went out)."""
+    await conn.execute(
+        update(orders)
+        .where(orders.c.id == order_id)
+        .values(submissions=orders.c.submissions + 1, updated_at=func.now())
+    )
+
+
+async def record_order_error(
+    conn: AsyncConnection,
+    order_id: int,
+    error_class: ErrorClass,
+    code: str | None,
+    message: str,
+    *,
+    final: bool,
+) -> None:
+    """Record the last error on the order; `final` marks it rejected (a PERMANENT refusal)."""
+    values: dict[str, Any] = {
+        "error_class": error_class.value,
+        "error_code": code,
+        "error_message": message[:500],
+        "updated_at": func.now(),
+    }
+    if final:
+        values["status"] = OrderStatus.REJECTED.value
+    await conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
+
+
+async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, actor: str) -> dict[str, Any]:
+    """End a position whose OPEN order was refused: status failed, budget released (it follows status)."""
+    position = await get_position(conn, position_id, lock=True)
+    if position["status"] != PositionStatus.OPENING.value:
+        raise InvalidTransition(f"position {position_id} is {position['status']}, not opening")
+    if position["quantity"] > 0:
+        raise InvalidTransition(f"position {position_id} already holds {position['quantity']}: it cannot fail")
+    new = (
+        (
+            await conn.execute(
+                update(positions)
+                .where(positions.c.id == position_id)
+                .values(
+                    status=PositionStatus.FAILED.value,
+                    closed_at=func.now(),
+                    exit_reason="open_failed",
+                    last_error=reason[:500],
+                    updated_at=func.now(),
+                )
+                .returning(*positions.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    await audit(
+        conn,
+        actor=actor,
+        action="open_failed",
+        reason=reason,
+        entity="positions",
+        entity_id=position_id,
+        before=position,
+        after=new,
+    )
+    return dict(new)
+
+
+async def list_positions(
+    conn: AsyncConnection,
+    *,
+    bot: str | None = None,
+    status: str | None = None,
+    exchange: str | None = None,
+    account: str | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    conditions = []
+    if bot is not None:
+        conditions.append(positions.c.bot == bot)
+    if status is not None:
+        if status not in {s.value for s in PositionStatus}:
+            raise InvalidInput(f"unknown status {status!r}: one of {', '.join(s.value for s in PositionStatus)}")
+        conditions.append(positions.c.status == status)
+    if exchange is not None:
+        conditions.append(positions.c.exchange == exchange)
+    if account is not None:
+        conditions.append(positions.c.account == account)
+    query = select(positions).where(and_(True, *conditions)).order_by(positions.c.id.desc()).limit(limit)
+    return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+def is_final(status: str) -> bool:
+    return PositionStatus(status) in FINAL_STATUSES
+
+
+class Store:
+    """One transaction per call, for callers that don't compose operations."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create_bot(self, spec: BotSpec, *, actor: str) -> BotView:
+        async with self.engine.begin() as conn:
+            return await create_bot(conn, spec, actor=actor)
+
+    async def get_bot(self, name: str) -> BotView:
+        async with self.engine.connect() as conn:
+            return await get_bot(conn, name)
+
+    async def list_bots(self) -> list[BotView]:
+        async with self.engine.connect() as conn:
+            return await list_bots(conn)
+
+    async def set_budget(self, name: str, budget_usd: Decimal, *, actor: str) -> BudgetView:
+        async with self.engine.begin() as conn:
+            return await set_budget(conn, name, budget_usd, actor=actor)
+
+    async def budget(self, bot: str) -> BudgetView:
+        async with self.engine.connect() as conn:
+            return await budget_view(conn, bot)
+
+    async def reserve_position(self, req: ReserveInput, *, actor: str) -> ReservedPosition:
+        async with self.engine.begin() as conn:
+            return await reserve_position(conn, req, actor=actor)
+
+    async def record_fill(
+        self, order_id: int, report: FillReport, *, actor: str, exit_reason: str | None = None
+    ) -> OrderOutcome:
+        async with self.engine.begin() as conn:
+            return await record_fill(conn, order_id, report, actor=actor, exit_reason=exit_reason)
+
+    async def fail_open(self, position_id: int, reason: str, *, actor: str) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            return await fail_open(conn, position_id, reason, actor=actor)
+
+    async def get_position(self, position_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return await get_position(conn, position_id)
+
+    async def list_positions(self, **filters: Any) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return await list_positions(conn, **filters)

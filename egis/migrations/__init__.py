@@ -1,0 +1,1 @@
+"""Alembic migrations for the Egis schema (`egis db upgrade` / `egis db downgrade`)."""

@@ -1,0 +1,121 @@
+"""`egis dev up`: the embedded stack comes up from an empty data dir, runs a workflow through
+its worker, refuses a taken port or a locked data dir, and leaves no child behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from egis.client import EgisClient
+from egis.config import Settings
+from egis.stack.processes import DataDirLock, free_port
+
+
+def dev_up(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
+    env = {**os.environ, "EGIS_SDK_METRICS_PORT": str(ports["sdk"])}
+    env.pop("DATABASE_URL", None)
+    env.pop("TEMPORAL_ADDRESS", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "egis.cli",
+            "dev",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--temporal-port",
+            str(ports["temporal"]),
+            "--ui-port",
+            str(ports["ui"]),
+            "--pg-port",
+            str(ports["pg"]),
+            "--metrics-port",
+            str(ports["metrics"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def ports() -> dict[str, int]:
+    return {name: free_port() for name in ("temporal", "ui", "pg", "metrics", "sdk")}
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 90) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if needle in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"never saw {needle!r}; output:\n" + "\n".join(lines))
+
+
+async def test_dev_up_runs_a_workflow_and_leaves_no_child_after_sigterm(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".egis"
+    p = ports()
+    proc = dev_up(data_dir, p)
+    try:
+        lines = wait_for_line(proc, "worker metrics")
+        output = "\n".join(lines)
+        assert f"http://127.0.0.1:{p['ui']}" in output
+        assert f"DATABASE_URL      postgresql://postgres@127.0.0.1:{p['pg']}/egis" in output
+        assert f"TEMPORAL_ADDRESS  127.0.0.1:{p['temporal']}" in output
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # postgres (and its backends), temporal, worker
+
+        settings = Settings(data_dir=data_dir)  # finds the running stack through stack.json
+        async with EgisClient.from_settings(settings) as client:
+            report = await client.health(timeout=60)
+        assert report.database == "egis" and report.migrations_head is not None
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    await asyncio.sleep(0.5)
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"children left behind: {[(c.pid, c.name()) for c in alive]}"
+    assert not (data_dir / "stack.json").exists()
+
+
+def test_dev_up_refuses_a_taken_port(tmp_path: Path) -> None:
+    p = ports()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", p["temporal"]))
+        blocker.listen()
+        proc = dev_up(tmp_path / ".egis", p)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert f"port {p['temporal']} (Temporal gRPC) is already in use" in out
+    assert not (tmp_path / ".egis" / "postgres" / "PG_VERSION").exists()  # nothing was started
+
+
+def test_dev_up_refuses_a_locked_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".egis"
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    try:
+        proc = dev_up(data_dir, ports())
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert proc.returncode == 3
+    assert f"is locked by another run (pid {os.getpid()})" in out

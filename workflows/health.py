@@ -1,0 +1,19 @@
+"""HealthWorkflow: proves the worker, the database and Temporal are wired together."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from egis.models import HealthReport
+
+
+@workflow.defn
+class HealthWorkflow:
+    @workflow.run
+    async def run(self) -> HealthReport:
+        return await workflow.execute_activity(
+            "health_check", result_type=HealthReport, start_to_close_timeout=timedelta(seconds=30)
+        )
