@@ -1,0 +1,17 @@
+"""Local exchange simulator speaking enough Binance USD-M futures and Bybit v5 REST for the real ccxt client.
+
+Used by tests, the demo and benchmarks, never in production. Start one with
+``await start_simulator()``, point ccxt at ``server.base_url`` with
+``egis.exchanges.local.point_to_local`` and drive it with ``SimulatorControl``.
+"""
+
+from egis.simulator.control import SimulatorControl, SimulatorControlError
+from egis.simulator.server import SimulatorServer, run_standalone, start_simulator
+
+__all__ = [
+    "SimulatorControl",
+    "SimulatorControlError",
+    "SimulatorServer",
+    "run_standalone",
+    "start_simulator",
+]

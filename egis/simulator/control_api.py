@@ -1,0 +1,256 @@
+"""Server side of the simulator's control API (``/_sim/...``): prices, exchange-side actions, faults, logs.
+
+JSON in, JSON out; Decimals travel as strings. Invalid input (unknown symbol, missing field, bad value)
+is answered with HTTP 400 and ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from egis.simulator.core import Account, Position, SimulatorCore, SimulatorError
+from egis.simulator.faults import Fault, FaultBook, FaultKind, parse_route
+from egis.simulator.wire import FrontEnd, fmt
+
+CONTROL_PREFIX = "/_sim/"
+
+_T = TypeVar("_T")
+Body = dict[str, Any]
+ControlHandler = Callable[[Body, Mapping[str, str]], Any]
+
+
+class ControlError(Exception):
+    """Invalid control request; answered with HTTP 400."""
+
+
+def control_routes(core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd]) -> list[web.RouteDef]:
+    """The aiohttp routes of the control API of one simulator."""
+    return _ControlApi(core, faults, front_ends).routes()
+
+
+class _ControlApi:
+    def __init__(self, core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd]) -> None:
+        self._core = core
+        self._faults = faults
+        self._prefixes = tuple(front_end.path_prefix for front_end in front_ends)
+
+    def routes(self) -> list[web.RouteDef]:
+        handlers: dict[tuple[str, str], ControlHandler] = {
+            ("POST", "price"): self._set_price,
+            ("POST", "close_position"): self._close_position,
+            ("POST", "reduce_position"): self._reduce_position,
+            ("POST", "fault"): self._add_fault,
+            ("GET", "faults"): lambda _, __: [_fault_json(f) for f in self._faults.pending()],
+            ("DELETE", "faults"): lambda _, __: {"cleared": self._faults.clear()},
+            ("GET", "orders"): self._order_log,
+            ("GET", "requests"): lambda _, __: _jsonable(self._core.request_log),
+            ("GET", "positions"): self._positions,
+            ("GET", "trades"): self._trades,
+            ("POST", "balance"): self._set_balance,
+            ("POST", "settings"): self._update_settings,
+            ("POST", "reset"): self._reset,
+        }
+        return [web.route(m, CONTROL_PREFIX + name, _handler(h)) for (m, name), h in handlers.items()]
+
+    def _set_price(self, body: Body, _: Mapping[str, str]) -> Any:
+        symbol, price = _required(body, "symbol", _as_str), _required(body, "price", _as_decimal)
+        self._core.set_price(symbol, price)
+        return {"symbol": symbol, "price": fmt(price)}
+
+    def _close_position(self, body: Body, _: Mapping[str, str]) -> Any:
+        fill = self._core.close_position(
+            _required(body, "api_key", _as_str),
+            _required(body, "symbol", _as_str),
+            _optional(body, "price", _as_decimal),
+        )
+        return _jsonable(fill)
+
+    def _reduce_position(self, body: Body, _: Mapping[str, str]) -> Any:
+        fill = self._core.reduce_position(
+            _required(body, "api_key", _as_str),
+            _required(body, "symbol", _as_str),
+            _required(body, "quantity", _as_decimal),
+            _optional(body, "price", _as_decimal),
+        )
+        return _jsonable(fill)
+
+    def _add_fault(self, body: Body, _: Mapping[str, str]) -> Any:
+        route = _required(body, "route", _as_str)
+        kind = _required(body, "kind", FaultKind)
+        try:
+            method, path = parse_route(route)
+            fault = Fault(
+                method=method,
+                path=path,
+                kind=kind,
+                remaining=_or_default(_optional(body, "count", _as_int), 1),
+                api_key=_optional(body, "api_key", _as_str),
+                http_status=_optional(body, "http_status", _as_int),
+                body=_optional(body, "body", _as_text),
+                code=_optional(body, "code", _as_int),
+                msg=_optional(body, "msg", _as_text),
+                seconds=_or_default(_optional(body, "seconds", _as_seconds), 30.0),
+            )
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        native = kind in (FaultKind.ERROR, FaultKind.RATE_LIMIT)
+        if native and not path.startswith(self._prefixes):
+            raise ControlError(f"a {kind.value!r} fault needs an exchange path ({', '.join(self._prefixes)}...)")
+        self._faults.add(fault)
+        return _fault_json(fault)
+
+    def _order_log(self, _: Body, query: Mapping[str, str]) -> Any:
+        api_key = query.get("api_key")
+        return _jsonable([e for e in self._core.order_log if api_key in (None, e.api_key)])
+
+    def _positions(self, _: Body, query: Mapping[str, str]) -> Any:
+        account = self._existing_account(query)
+        if account is None:
+            return []
+        return [self._position_json(account, p) for p in account.open_positions()]
+
+    def _position_json(self, account: Account, position: Position) -> Any:
+        mark = self._core.mark_prices[position.symbol]
+        extra = {
+            "mark_price": mark,
+            "unrealized_pnl": position.unrealized_pnl(mark),
+            "leverage": account.leverage_for(position.symbol),
+        }
+        return _jsonable(position) | _jsonable(extra)
+
+    def _trades(self, _: Body, query: Mapping[str, str]) -> Any:
+        account = self._existing_account(query)
+        if account is None:
+            return []
+        return [
+            _jsonable(t)
+            | {"client_order_id": account.orders[t.order_id].client_order_id}
+            | {"source": account.orders[t.order_id].source.value}
+            for t in account.trades
+        ]
+
+    def _existing_account(self, query: Mapping[str, str]) -> Account | None:
+        """The account named by the ``api_key`` query parameter, without creating it."""
+        api_key = query.get("api_key")
+        if not api_key:
+            raise ControlError("query parameter 'api_key' is required")
+        return self._core.accounts.get(api_key)
+
+    def _set_balance(self, body: Body, _: Mapping[str, str]) -> Any:
+        api_key, balance = _required(body, "api_key", _as_str), _required(body, "balance", _as_decimal)
+        self._core.set_balance(api_key, balance)
+        return {"api_key": api_key, "balance": fmt(balance)}
+
+    def _update_settings(self, body: Body, _: Mapping[str, str]) -> Any:
+        settings = self._core.update_settings(
+            bybit_reduce_only_code=_optional(body, "bybit_reduce_only_code", _as_int),
+            fee_rate=_optional(body, "fee_rate", _as_decimal),
+            starting_balance=_optional(body, "starting_balance", _as_decimal),
+        )
+        return _jsonable(settings)
+
+    def _reset(self, _: Body, __: Mapping[str, str]) -> Any:
+        self._core.reset()
+        self._faults.clear()
+        return {"ok": True}
+
+
+def _handler(handle: ControlHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def route(request: web.Request) -> web.Response:
+        try:
+            body = await _json_object(request)
+            return web.json_response(handle(body, request.query))
+        except (ControlError, SimulatorError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
+    return route
+
+
+async def _json_object(request: web.Request) -> Body:
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ControlError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ControlError("request body must be a JSON object")
+    return body
+
+
+def _optional(body: Body, name: str, parse: Callable[[Any], _T]) -> _T | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except (TypeError, ValueError, InvalidOperation) as exc:
+        raise ControlError(f"field {name!r}: {exc or 'invalid value'} (got {value!r})") from None
+
+
+def _required(body: Body, name: str, parse: Callable[[Any], _T]) -> _T:
+    value = _optional(body, name, parse)
+    if value is None:
+        raise ControlError(f"field {name!r} is required")
+    return value
+
+
+def _or_default(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("expected a non-empty string")
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _as_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("expected a number of seconds")
+    return float(value)
+
+
+def _as_decimal(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError("expected a number or a numeric string")
+    number = Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError("expected a finite number")
+    return number
+
+
+def _fault_json(fault: Fault) -> Any:
+    return _jsonable(fault) | {"route": fault.route}
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses, lists and dicts as JSON-ready values, Decimals as plain strings."""
+    if isinstance(value, Decimal):
+        return fmt(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return value
