@@ -23,7 +23,6 @@ from activities.deps import Deps
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
-from egis.db.store import Store
 from egis.temporal import connect, ensure_search_attributes, metrics_runtime
 from workflows import ALL_WORKFLOWS
 
@@ -42,7 +41,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
     added = await ensure_search_attributes(client)
     if added:
         log.info("registered search attributes %s", ", ".join(added))
-    deps = Deps(settings=settings, engine=engine, store=Store(engine))
+    deps = Deps.build(settings, engine, client)
     worker = Worker(
         client,
         task_queue=settings.task_queue,

@@ -233,6 +233,13 @@ async def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from egis.simulator.server import run_standalone
+
+    run_standalone(args.exchange, args.host, args.port)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="embedded stack data dir (default ./.egis, env EGIS_DATA_DIR)")
@@ -302,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=cmd_budget)
 
+    simulator = sub.add_parser("simulator", help="run a local exchange simulator (tests, demo; never production)")
+    simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])
+    simulator.add_argument("--port", type=int, default=8901)
+    simulator.add_argument("--host", default="127.0.0.1")
+    simulator.set_defaults(func=cmd_simulator, sync=True)
+
     health = sub.add_parser("health", help="run a health workflow through the worker")
     _common(health)
     health.add_argument("--json", action="store_true")
@@ -315,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if getattr(args, "sync", False):
+        return args.func(args)
     return run(lambda: args.func(args))
 
 

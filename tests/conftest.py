@@ -24,10 +24,15 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.deps import Deps
+from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
 from egis.db.store import Store
-from egis.models import ALL_SEARCH_ATTRIBUTES
+from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
+from egis.models import ALL_SEARCH_ATTRIBUTES, Exchange
+from egis.simulator.control import SimulatorControl
+from egis.simulator.server import SimulatorServer, start_simulator
 from egis.stack.postgres import EmbeddedPostgres
 from egis.stack.processes import find_binary, free_port
 
@@ -123,3 +128,62 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- exchanges
+SIM_KEYS = {
+    "binanceusdm": ("egis-test-bn-key", "egis-test-bn-secret"),
+    "bybit": ("egis-test-by-key", "egis-test-by-secret"),
+}
+ACCOUNTS = {"binanceusdm": "sim-binance", "bybit": "sim-bybit", "paper": "paper-1"}
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    """A fresh exchange simulator (both protocols on one port) for one test."""
+    server = await start_simulator()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture
+async def sim_control(sim: SimulatorServer) -> AsyncIterator[SimulatorControl]:
+    async with SimulatorControl(sim.base_url) as control:
+        yield control
+
+
+def write_sim_accounts(accounts_dir: Path, base_url: str, timeout_ms: int = 1500) -> None:
+    """Account files pointing the real ccxt clients (and the paper price source) at a simulator."""
+    for exchange in ("binanceusdm", "bybit"):
+        key, secret = SIM_KEYS[exchange]
+        write_account(
+            accounts_dir,
+            ACCOUNTS[exchange],
+            AccountConfig(
+                exchange=Exchange(exchange), api_key=key, secret=secret, base_url=base_url, timeout_ms=timeout_ms
+            ),
+        )
+    write_account(
+        accounts_dir,
+        ACCOUNTS["paper"],
+        AccountConfig(
+            exchange=Exchange.PAPER,
+            price_source=PriceSource(exchange=Exchange.BINANCEUSDM, base_url=base_url),
+            timeout_ms=timeout_ms,
+        ),
+    )
+
+
+@pytest.fixture
+def accounts_dir(tmp_path: Path, sim: SimulatorServer) -> Path:
+    path = tmp_path / "accounts"
+    write_sim_accounts(path, sim.base_url)
+    return path
+
+
+@pytest_asyncio.fixture
+async def deps(engine: AsyncEngine, accounts_dir: Path) -> AsyncIterator[Deps]:
+    settings = Settings(accounts_dir=accounts_dir, data_dir=accounts_dir.parent / ".egis")
+    built = Deps.build(settings, engine)
+    yield built
+    await built.gateways.close()

@@ -93,8 +93,8 @@ async def test_one_live_position_per_bot_symbol_side(store: Store) -> None:
     await store.reserve_position(reserve_input("alpha", "BTCUSDT", "10", n=1), actor="test")
     with pytest.raises(PositionAlreadyOpen):
         await store.reserve_position(reserve_input("alpha", "BTCUSDT", "10", n=2), actor="test")
-    # the other side is a different position on the paper exchange
-    await store.reserve_position(reserve_input("alpha", "BTCUSDT", "10", n=3, side=Side.SHORT), actor="test")
+    # another symbol is another position
+    await store.reserve_position(reserve_input("alpha", "ETHUSDT", "10", n=3), actor="test")
 
 
 async def test_one_way_accounts_refuse_a_second_live_position_in_a_symbol(store: Store) -> None:

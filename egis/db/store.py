@@ -54,8 +54,8 @@ from egis.models import (
 from egis.rules import budget as budget_rule
 from egis.rules.intent import OrderRef, PositionSnapshot, apply_fill, increment
 
-ONE_WAY_EXCHANGES = frozenset({Exchange.BINANCEUSDM, Exchange.BYBIT})
-"""Exchanges where an account holds one net position per symbol (one-way mode)."""
+ONE_WAY_EXCHANGES = frozenset({Exchange.BINANCEUSDM, Exchange.BYBIT, Exchange.PAPER})
+"""Exchanges where an account holds one net position per symbol (one-way mode; paper mimics it)."""
 
 
 def jsonable(value: Any) -> Any:
@@ -563,6 +563,173 @@ async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, act
     return dict(new)
 
 
+async def begin_close(
+    conn: AsyncConnection, position_id: int, attempt: int, quantity: Decimal, *, actor: str, reason: str
+) -> dict[str, Any]:
+    """Mark the position closing and write its reduce-only CLOSE order (idempotent per attempt)."""
+    position = await get_position(conn, position_id, lock=True)
+    cid = client_order_id(position["uid"], Intent.CLOSE, attempt)
+    existing = (await conn.execute(select(orders).where(orders.c.client_order_id == cid))).mappings().one_or_none()
+    if existing is not None:
+        return dict(existing)
+    if position["status"] not in (PositionStatus.OPEN.value, PositionStatus.CLOSING.value):
+        raise InvalidTransition(f"position {position_id} is {position['status']}: it cannot be closed")
+    if quantity <= 0:
+        raise InvalidInput(f"close quantity must be positive, got {quantity}")
+    side = Side(position["side"])
+    order = (
+        (
+            await conn.execute(
+                orders.insert()
+                .values(
+                    position_id=position_id,
+                    intent=Intent.CLOSE.value,
+                    exchange=position["exchange"],
+                    account=position["account"],
+                    symbol=position["symbol"],
+                    side=order_side_for(Intent.CLOSE, side).value,
+                    quantity=quantity,
+                    reduce_only=True,
+                    client_order_id=cid,
+                    status=OrderStatus.PENDING.value,
+                    attempt=attempt,
+                )
+                .returning(*orders.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    if position["status"] != PositionStatus.CLOSING.value:
+        new = await _update_position(conn, position_id, status=PositionStatus.CLOSING.value)
+        await audit(
+            conn,
+            actor=actor,
+            action="close_started",
+            reason=reason,
+            entity="positions",
+            entity_id=position_id,
+            before=position,
+            after=new,
+        )
+    return dict(order)
+
+
+async def _update_position(conn: AsyncConnection, position_id: int, **values: Any) -> dict[str, Any]:
+    return dict(
+        (
+            await conn.execute(
+                update(positions)
+                .where(positions.c.id == position_id)
+                .values(**values, updated_at=func.now())
+                .returning(*positions.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+
+
+async def close_without_order(
+    conn: AsyncConnection,
+    position_id: int,
+    *,
+    exit_reason: str,
+    exit_price: Decimal | None,
+    realized_pnl: Decimal | None,
+    actor: str,
+    why: str,
+    run_id: int | None = None,
+) -> dict[str, Any]:
+    """Close a position that is no longer on the exchange (a ghost), or that a maintenance job
+    found to be wrong. No order is involved. Exit price and PnL stay NULL when unknown.
+    Idempotent: a position already final is returned unchanged."""
+    position = await get_position(conn, position_id, lock=True)
+    if is_final(position["status"]):
+        return position
+    if position["status"] == PositionStatus.OPENING.value and position["quantity"] == 0:
+        raise InvalidTransition(f"position {position_id} never filled: it cannot be closed, only failed")
+    await conn.execute(
+        update(orders)
+        .where(
+            orders.c.position_id == position_id, orders.c.status == OrderStatus.PENDING.value, orders.c.submissions == 0
+        )
+        .values(status=OrderStatus.NOT_SENT.value, updated_at=func.now())
+    )
+    new = await _update_position(
+        conn,
+        position_id,
+        status=PositionStatus.CLOSED.value,
+        closed_at=func.now(),
+        exit_reason=exit_reason,
+        exit_price=exit_price,
+        realized_pnl=realized_pnl,
+        closed_quantity=position["quantity"],
+        last_error=None,
+    )
+    await audit(
+        conn,
+        actor=actor,
+        action=exit_reason,
+        reason=why,
+        entity="positions",
+        entity_id=position_id,
+        before=position,
+        after=new,
+        run_id=run_id,
+    )
+    return new
+
+
+async def adjust_open_quantity(
+    conn: AsyncConnection,
+    position_id: int,
+    open_quantity: Decimal,
+    *,
+    actor: str,
+    reason: str,
+    run_id: int | None = None,
+) -> dict[str, Any]:
+    """Set the position's open quantity to what the exchange holds (audited, before/after)."""
+    position = await get_position(conn, position_id, lock=True)
+    if open_quantity <= 0:
+        raise InvalidInput("use close_without_order for a position the exchange no longer holds")
+    new = await _update_position(conn, position_id, quantity=position["closed_quantity"] + open_quantity)
+    await audit(
+        conn,
+        actor=actor,
+        action="quantity_adjusted",
+        reason=reason,
+        entity="positions",
+        entity_id=position_id,
+        before=position,
+        after=new,
+        run_id=run_id,
+    )
+    return new
+
+
+async def reopen_after_failed_close(
+    conn: AsyncConnection, position_id: int, error: str, *, actor: str
+) -> dict[str, Any]:
+    """A close was refused for good: the position stays open, with the error, for an operator."""
+    position = await get_position(conn, position_id, lock=True)
+    if position["status"] != PositionStatus.CLOSING.value:
+        return position
+    new = await _update_position(conn, position_id, status=PositionStatus.OPEN.value, last_error=error[:500])
+    await audit(
+        conn,
+        actor=actor,
+        action="close_failed",
+        reason=error,
+        entity="positions",
+        entity_id=position_id,
+        before=position,
+        after=new,
+    )
+    return new
+
+
 async def list_positions(
     conn: AsyncConnection,
     *,
@@ -634,6 +801,14 @@ class Store:
     async def get_position(self, position_id: int) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return await get_position(conn, position_id)
+
+    async def get_order_row(self, order_id: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            return await get_order(conn, order_id)
+
+    async def note_submission(self, order_id: int) -> None:
+        async with self.engine.begin() as conn:
+            await note_submission(conn, order_id)
 
     async def list_positions(self, **filters: Any) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

@@ -1,0 +1,34 @@
+"""Prometheus counters (prometheus-client), served by the worker on EGIS_METRICS_PORT.
+
+Seed 003's monitoring recommendations, plus order and sync counts. The alert rules built on
+them are in `deploy/prometheus-alerts.yml`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+GHOST_POSITIONS = Counter(
+    "ghost_positions_detected", "Positions found missing on the exchange before any close order", ["exchange"]
+)
+CLOSE_VALIDATION_FAILURES = Counter(
+    "close_validation_failures",
+    "Pre-close position reads that failed transiently; the close went on with the DB quantity",
+    ["exchange"],
+)
+CLOSE_QUANTITY_MISMATCHES = Counter(
+    "close_quantity_mismatches",
+    "Closes where the exchange's quantity differed from ours by a step or more",
+    ["exchange"],
+)
+CLOSE_POSITION_NOT_FOUND = Counter(
+    "close_position_not_found",
+    "Ambiguous close rejections (170131, -2022...) verified as a position already gone",
+    ["exchange"],
+)
+ORDERS_SUBMITTED = Counter(
+    "orders_submitted", "Orders sent to an exchange, by intent and outcome", ["intent", "exchange", "outcome"]
+)
+CLOSE_ATTEMPTS = Counter("close_attempts", "Close activity executions (each verify-then-close pass)", ["exchange"])
+SYNC_FINDINGS = Counter("sync_findings", "Exchange-sync findings by kind", ["exchange", "kind"])
+MAINTENANCE_FINDINGS = Counter("maintenance_findings", "Reconcile/cleanup findings by job and kind", ["job", "kind"])

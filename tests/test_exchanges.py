@@ -1,0 +1,169 @@
+"""The exchange layer against the simulators with the real ccxt client, and the paper exchange
+in real PostgreSQL: open -> close, idempotent submission, one-transaction paper fills, and
+bad input refused before anything is sent."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.deps import Deps
+from activities.positions import PositionActivities
+from egis import faults
+from egis.db.schema import orders, paper_fills, paper_positions, positions
+from egis.errors import QuantityRejected, UnknownSymbol
+from egis.exchanges.base import OrderRequest
+from egis.models import (
+    BotSpec,
+    CloseInput,
+    CloseOutcomeKind,
+    Exchange,
+    Intent,
+    OrderSide,
+    PlaceOrderInput,
+    PlanOpenInput,
+    ReservedPosition,
+    ReserveInput,
+    Side,
+)
+from egis.simulator.control import SimulatorControl
+from tests.conftest import ACCOUNTS, SIM_KEYS
+
+D = Decimal
+
+
+async def open_reserved(deps: Deps, exchange: Exchange, usd: str = "120", ref: str = "r1") -> ReservedPosition:
+    bot = f"bot-{exchange.value}"
+    if not [b for b in await deps.store.list_bots() if b.name == bot]:
+        await deps.store.create_bot(
+            BotSpec(name=bot, exchange=exchange, account=ACCOUNTS[exchange.value], budget_usd=D(1000)), actor="test"
+        )
+    acts = PositionActivities(deps)
+    plan = await ActivityEnvironment().run(
+        acts.plan_open, PlanOpenInput(exchange=exchange, account=ACCOUNTS[exchange.value], symbol="BTCUSDT", usd=D(usd))
+    )
+    return await deps.store.reserve_position(
+        ReserveInput(
+            workflow_id=f"wf-{bot}-{ref}", bot=bot, symbol="BTCUSDT", side=Side.LONG, usd=D(usd),
+            quantity=plan.quantity, exchange=exchange, account=ACCOUNTS[exchange.value],
+        ),
+        actor="test",
+    )  # fmt: skip
+
+
+async def sim_orders(control: SimulatorControl, exchange: Exchange) -> list[dict]:  # type: ignore[type-arg]
+    key = SIM_KEYS[exchange.value][0] if exchange is not Exchange.PAPER else None
+    return [o for o in await control.orders(key)] if key else []
+
+
+@pytest.mark.parametrize("exchange", list(Exchange))
+async def test_open_then_close(exchange: Exchange, deps: Deps, sim_control: SimulatorControl) -> None:
+    acts = PositionActivities(deps)
+    env = ActivityEnvironment()
+    reserved = await open_reserved(deps, exchange)
+    opened = await env.run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    assert opened.status == "filled" and opened.position_status == "open"
+    assert opened.filled_quantity == D("0.002") and opened.average_price == D("60000")
+
+    result = await env.run(
+        acts.close_position, CloseInput(position_id=reserved.position_id, reason="manual", attempt=1)
+    )
+    assert result.outcome is CloseOutcomeKind.CLOSED and result.status == "closed"
+    assert result.exit_price == D("60000") and result.realized_pnl == D(0) and result.exit_reason == "manual"
+
+    async with deps.engine.connect() as conn:
+        close_order = (await conn.execute(select(orders).where(orders.c.intent == "close"))).mappings().one()
+        position = (await conn.execute(select(positions))).mappings().one()
+    assert close_order["reduce_only"] and close_order["side"] == "sell" and close_order["status"] == "filled"
+    assert position["status"] == "closed" and position["closed_quantity"] == position["quantity"]
+    if exchange is Exchange.PAPER:
+        async with deps.engine.connect() as conn:
+            paper = (await conn.execute(select(paper_positions))).mappings().one()
+        assert paper["status"] == "closed" and paper["position_id"] == reserved.position_id
+    else:
+        sent = await sim_orders(sim_control, exchange)
+        assert [(o["side"].lower(), o["reduce_only"], o["client_order_id"]) for o in sent] == [
+            ("buy", False, reserved.client_order_id),
+            ("sell", True, close_order["client_order_id"]),
+        ]
+        assert await sim_control.positions(SIM_KEYS[exchange.value][0]) == []
+    assert (await deps.store.budget(f"bot-{exchange.value}")).available_usd == D("1000.00")
+
+
+@pytest.mark.parametrize("exchange", [Exchange.BINANCEUSDM, Exchange.BYBIT])
+async def test_lost_response_then_retry_yields_exactly_one_order(
+    exchange: Exchange, deps: Deps, sim_control: SimulatorControl
+) -> None:
+    """The exchange accepts the order but the answer never arrives, and the follow-up look-up
+    fails too: the activity attempt fails. Its retry looks the order up by client id instead
+    of sending it again."""
+    acts = PositionActivities(deps)
+    reserved = await open_reserved(deps, exchange)
+    key = SIM_KEYS[exchange.value][0]
+    order_route = "POST /fapi/v1/order" if exchange is Exchange.BINANCEUSDM else "POST /v5/order/create"
+    lookup_route = "GET /fapi/v1/order" if exchange is Exchange.BINANCEUSDM else "GET /v5/order/realtime"
+    await sim_control.add_fault(order_route, "accept_then_timeout", seconds=3, api_key=key)
+    await sim_control.add_fault(
+        lookup_route, "http", count=5, http_status=503, body="Service Unavailable.", api_key=key
+    )
+    with pytest.raises(ApplicationError, match="retry"):
+        await ActivityEnvironment().run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    await sim_control.clear_faults()
+    outcome = await ActivityEnvironment().run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    assert outcome.status == "filled" and outcome.position_status == "open"
+    accepted = [o for o in await sim_control.orders(key) if o["outcome"] == "accepted"]
+    assert len(accepted) == 1 and accepted[0]["client_order_id"] == reserved.client_order_id
+    row = await deps.store.get_order_row(reserved.order_id)
+    assert row["submissions"] == 1  # sent once; the retry only looked
+
+
+async def test_paper_failure_between_paper_fill_and_positions_write_changes_neither(deps: Deps) -> None:
+    acts = PositionActivities(deps)
+    reserved = await open_reserved(deps, Exchange.PAPER)
+
+    async def snapshot() -> tuple[object, ...]:
+        async with deps.engine.connect() as conn:
+            return (
+                (await conn.execute(select(func.count()).select_from(paper_positions))).scalar_one(),
+                (await conn.execute(select(func.count()).select_from(paper_fills))).scalar_one(),
+                dict((await conn.execute(select(positions))).mappings().one()),
+                (await conn.execute(select(orders.c.status, orders.c.filled_quantity))).one(),
+            )
+
+    before = await snapshot()
+    faults.enable("after_paper_write", "raise")
+    try:
+        with pytest.raises(faults.InjectedFault):
+            await ActivityEnvironment().run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    finally:
+        faults.disable_all()
+    assert await snapshot() == before  # neither the paper tables nor positions/orders moved
+    outcome = await ActivityEnvironment().run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    assert outcome.position_status == "open"
+    after = await snapshot()
+    assert after[0] == 1 and after[1] == 1 and after[2]["status"] == "open"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("exchange", list(Exchange))
+async def test_bad_gateway_input_fails_before_anything_is_sent(
+    exchange: Exchange, deps: Deps, sim_control: SimulatorControl
+) -> None:
+    gateway = await deps.gateways.get(exchange, ACCOUNTS[exchange.value])
+
+    def order(symbol: str, quantity: str) -> OrderRequest:
+        return OrderRequest(Intent.OPEN, symbol, OrderSide.BUY, D(quantity), False, f"bad-{symbol}-{quantity}")
+
+    with pytest.raises(UnknownSymbol):
+        await gateway.create_order(order("NOPEUSDT", "1"))
+    with pytest.raises(QuantityRejected, match="below the market minimum"):
+        await gateway.create_order(order("SOLUSDT", "0.5"))  # on the 0.1 step, under the minimum 1
+    with pytest.raises(QuantityRejected, match="multiple of the amount step"):
+        await gateway.create_order(order("BTCUSDT", "0.0015"))  # step 0.001
+    requests = await sim_control.requests()
+    assert not [r for r in requests if r["method"] == "POST"], "nothing may be sent"
+    async with deps.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(paper_fills))).scalar_one() == 0
