@@ -1,4 +1,9 @@
-"""Activities: all I/O (database, exchanges) lives here, never in workflows."""
+"""Activities: all I/O (database, exchanges) lives here, never in workflows.
+
+Two kinds of task queue: the main queue (database work, workflows) and one queue per exchange
+account for everything that talks to that exchange, so each account's rate limit holds across
+any number of workers.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,31 @@ from typing import Any
 
 from activities.deps import Deps
 from activities.health import HealthActivities
+from activities.positions import PositionActivities
+from activities.watch import WatchActivities
 
 
 def main_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
-    """Activities served on the main task queue (database work, no exchange calls)."""
-    health = HealthActivities(deps)
-    return [health.health_check]
+    """Database-only activities, served on the main task queue."""
+    health, positions, watch = HealthActivities(deps), PositionActivities(deps), WatchActivities(deps)
+    return [
+        health.health_check,
+        positions.resolve_bot,
+        positions.reserve_position,
+        positions.position_status,
+        watch.ensure_price_watcher,
+    ]
+
+
+def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
+    """Activities that call an exchange, served on each account's own task queue."""
+    positions, watch = PositionActivities(deps), WatchActivities(deps)
+    return [
+        positions.plan_open,
+        positions.fetch_prices,
+        positions.place_open_order,
+        positions.abandon_open,
+        positions.close_position,
+        positions.observe_position,
+        watch.check_aged_exits,
+    ]

@@ -173,10 +173,15 @@ class PositionActivities:
                 )
                 await db.fail_open(conn, position["id"], f"{verdict_reason}: {exc}", actor=_actor())
             return OrderOutcome(
-                order_id=order["id"], client_order_id=order["client_order_id"], status=OrderStatus.REJECTED,
-                filled_quantity=Decimal(0), error_class=ErrorClass.PERMANENT, error_code=exc.code,
-                error_message=f"{verdict_reason}: {exc}"[:500], position_status=PositionStatus.FAILED,
-            )  # fmt: skip
+                order_id=order["id"],
+                client_order_id=order["client_order_id"],
+                status=OrderStatus.REJECTED,
+                filled_quantity=Decimal(0),
+                error_class=ErrorClass.PERMANENT,
+                error_code=exc.code,
+                error_message=f"{verdict_reason}: {exc}"[:500],
+                position_status=PositionStatus.FAILED,
+            )
 
     @activity.defn(name="abandon_open")
     async def abandon_open(self, request: PlaceOrderInput) -> OrderOutcome:
@@ -191,10 +196,13 @@ class PositionActivities:
             return await self._record(gateway, order, report)
         await self.deps.store.fail_open(order["position_id"], "open order never confirmed", actor=_actor())
         return OrderOutcome(
-            order_id=order["id"], client_order_id=order["client_order_id"], status=OrderStatus.REJECTED,
-            filled_quantity=Decimal(0), position_status=PositionStatus.FAILED,
+            order_id=order["id"],
+            client_order_id=order["client_order_id"],
+            status=OrderStatus.REJECTED,
+            filled_quantity=Decimal(0),
+            position_status=PositionStatus.FAILED,
             error_message="open order never confirmed",
-        )  # fmt: skip
+        )
 
     async def _record(
         self, gateway: Gateway, order: dict[str, Any], report: OrderReport, exit_reason: str | None = None
@@ -230,9 +238,14 @@ class PositionActivities:
             if found is not None and found.filled_quantity > 0:
                 return await self._record(gateway, order, found, exit_reason)
         request = OrderRequest(
-            intent=intent, symbol=order["symbol"], side=OrderSide(order["side"]), quantity=order["quantity"],
-            reduce_only=order["reduce_only"], client_order_id=order["client_order_id"], position_id=position["id"],
-        )  # fmt: skip
+            intent=intent,
+            symbol=order["symbol"],
+            side=OrderSide(order["side"]),
+            quantity=order["quantity"],
+            reduce_only=order["reduce_only"],
+            client_order_id=order["client_order_id"],
+            position_id=position["id"],
+        )
         await self.deps.store.note_submission(order["id"])
         try:
             report = await gateway.create_order(
@@ -288,6 +301,12 @@ class PositionActivities:
         metrics.CLOSE_ATTEMPTS.labels(label).inc()
         gateway = await self._gateway(exchange, position["account"])
         side = Side(position["side"])
+
+        # 0. a close order we already sent (a crash or a lost answer) is settled by client id first
+        resumed = await self._resume_sent_close(gateway, position, request.reason)
+        if resumed is not None:
+            return resumed
+        position = await self.deps.store.get_position(request.position_id)
         open_quantity = position["quantity"] - position["closed_quantity"]
 
         # 1. read the position on the exchange before sending anything
@@ -316,13 +335,18 @@ class PositionActivities:
                 metrics.CLOSE_QUANTITY_MISMATCHES.labels(label).inc()
                 log.warning(
                     "position %s: quantity mismatch, exchange=%s db=%s; closing the exchange's quantity",
-                    position["id"], on_exchange.quantity, open_quantity,
-                )  # fmt: skip
+                    position["id"],
+                    on_exchange.quantity,
+                    open_quantity,
+                )
                 async with self.deps.engine.begin() as conn:
                     position = await db.adjust_open_quantity(
-                        conn, position["id"], on_exchange.quantity, actor=_actor(),
+                        conn,
+                        position["id"],
+                        on_exchange.quantity,
+                        actor=_actor(),
                         reason=f"exchange holds {on_exchange.quantity}, we held {open_quantity}",
-                    )  # fmt: skip
+                    )
                 open_quantity = on_exchange.quantity
 
         # 2. the reduce-only CLOSE order, idempotent per attempt
@@ -343,6 +367,29 @@ class PositionActivities:
         sent = (await self.deps.store.get_order_row(order["id"]))["submissions"] - sent_before
         return _result_from_row(after, CloseOutcomeKind.CLOSED if after["status"] == "closed" else None, sent)
 
+    async def _resume_sent_close(self, gateway: Gateway, position: dict[str, Any], reason: str) -> CloseResult | None:
+        """If a close order of this position was sent but never recorded, record what the
+        exchange says about it. Without this, a retry after a crash would find the position
+        gone (our own close filled it) and misread it as a ghost."""
+        resumed = 0
+        for order in await self.deps.store.unsettled_orders(position["id"], Intent.CLOSE):
+            try:
+                found = await gateway.find_order(order["symbol"], order["client_order_id"])
+            except ExchangeCallError as exc:
+                raise self._read_failure(exc) from None
+            if found is not None and found.filled_quantity > 0:
+                log.info(
+                    "position %s: close order %s was filled before a restart; recording it",
+                    position["id"],
+                    order["client_order_id"],
+                )
+                await self._record(gateway, order, found, reason)
+                resumed += 1
+        after = await self.deps.store.get_position(position["id"])
+        if db.is_final(after["status"]):
+            return _result_from_row(after, CloseOutcomeKind.CLOSED, orders_sent=resumed)
+        return None
+
     async def _verify_close(self, gateway: Gateway, order: dict[str, Any], ambiguous: VerifyNeeded) -> CloseResult:
         """An ambiguous answer to a close (170131, -2022, a timeout...): read the exchange again."""
         position = await self.deps.store.get_position(order["position_id"])
@@ -354,8 +401,10 @@ class PositionActivities:
             metrics.CLOSE_POSITION_NOT_FOUND.labels(position["exchange"]).inc()
             log.warning(
                 "position %s: %s answered %s, and the position is gone: POSITION_NOT_FOUND, not retried",
-                position["id"], position["exchange"], ambiguous.error,
-            )  # fmt: skip
+                position["id"],
+                position["exchange"],
+                ambiguous.error,
+            )
             async with self.deps.engine.begin() as conn:
                 await db.record_order_error(
                     conn, order["id"], ErrorClass.VERIFY, ambiguous.error.code, str(ambiguous.error), final=True
@@ -399,9 +448,14 @@ class PositionActivities:
         )
         async with self.deps.engine.begin() as conn:
             row = await db.close_without_order(
-                conn, position["id"], exit_reason="closed_on_exchange", exit_price=exit_price,
-                realized_pnl=realized, actor=_actor(), why=why,
-            )  # fmt: skip
+                conn,
+                position["id"],
+                exit_reason="closed_on_exchange",
+                exit_price=exit_price,
+                realized_pnl=realized,
+                actor=_actor(),
+                why=why,
+            )
         orders_sent = 1 if outcome is CloseOutcomeKind.POSITION_NOT_FOUND else 0
         return _result_from_row(row, outcome, orders_sent)
 
@@ -428,17 +482,25 @@ class PositionActivities:
         if quantities_differ(open_quantity, on_exchange.quantity, rules.amount_step):
             async with self.deps.engine.begin() as conn:
                 await db.adjust_open_quantity(
-                    conn, position["id"], on_exchange.quantity, actor=_actor(),
+                    conn,
+                    position["id"],
+                    on_exchange.quantity,
+                    actor=_actor(),
                     reason=f"exchange sync: exchange holds {on_exchange.quantity}, we held {open_quantity}",
-                )  # fmt: skip
+                )
             return ObserveResult(status=PositionStatus(position["status"]), changed="quantity_adjusted")
         return ObserveResult(status=PositionStatus(position["status"]), changed="none")
 
 
 _TIMEOUT_RULES = frozenset(
-    {"binance-unknown-status", "timeout-after-send", "unavailable-after-send", "operation-failed-after-send",
-     "bybit-10016-after-send"}
-)  # fmt: skip
+    {
+        "binance-unknown-status",
+        "timeout-after-send",
+        "unavailable-after-send",
+        "operation-failed-after-send",
+        "bybit-10016-after-send",
+    }
+)
 """VERIFY rules about an unknown execution status (not a disguised 'position gone')."""
 
 

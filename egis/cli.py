@@ -224,6 +224,84 @@ async def cmd_budget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+POSITION_COLUMNS = [
+    "id",
+    "bot",
+    "exchange",
+    "symbol",
+    "side",
+    "status",
+    "quantity",
+    "entry_price",
+    "exit_price",
+    "realized_pnl",
+    "exit_reason",
+    "workflow_id",
+]
+
+
+async def cmd_open(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+    from egis.models import OpenPositionInput
+
+    request = OpenPositionInput(bot=args.bot, symbol=args.symbol, side=args.side, usd=args.usd, ref=args.ref)
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        view = await client.open_position(request, wait=None if args.no_wait else args.timeout)
+    if args.json:
+        print(to_json(view))
+    elif view.status == "open":
+        print(
+            f"opened {view.workflow_id}: {view.side} {view.quantity} {view.symbol} @ {view.entry_price} "
+            f"(position {view.position_id})"
+        )
+    else:
+        print(f"{view.workflow_id}: {view.status}" + (f" ({view.last_error})" if view.last_error else ""))
+        return EXIT_OK if view.status == "opening" else EXIT_REFUSED
+    return EXIT_OK
+
+
+async def cmd_close(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+    from egis.models import CloseRequest
+
+    request = CloseRequest(reason=args.reason)
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        result = await client.close_position(args.position, request, wait=not args.no_wait)
+    if result is None:
+        print(f"close requested for {args.position} (signal sent)")
+        return EXIT_OK
+    if args.json:
+        print(to_json(result))
+    else:
+        line = f"{args.position}: {result.outcome} (status {result.status}"
+        if result.exit_reason:
+            line += f", {result.exit_reason} @ {result.exit_price if result.exit_price is not None else 'unknown'}"
+            line += f", pnl {result.realized_pnl if result.realized_pnl is not None else 'unknown'}"
+        line += f", orders sent {result.orders_sent})"
+        if result.error_message:
+            line += f": {result.error_message}"
+        print(line)
+    return EXIT_OK if result.status == "closed" else EXIT_REFUSED
+
+
+async def cmd_positions(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args), temporal=False) as client:
+        rows = await client.positions(bot=args.bot, status=args.status, limit=args.limit)
+    print(to_json(rows) if args.json else table(rows, POSITION_COLUMNS))
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        view = await client.position_state(args.position)
+    print(to_json(view))
+    return EXIT_OK
+
+
 async def cmd_health(args: argparse.Namespace) -> int:
     from egis.client import EgisClient
 
@@ -308,6 +386,39 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--set", type=decimal_arg, help="change the budget (USD)")
     budget.add_argument("--json", action="store_true")
     budget.set_defaults(func=cmd_budget)
+
+    open_ = sub.add_parser("open", help="open a position (starts its workflow)")
+    _common(open_)
+    open_.add_argument("--bot", required=True)
+    open_.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    open_.add_argument("--side", required=True, choices=["long", "short"])
+    open_.add_argument("--usd", required=True, type=decimal_arg, help="size in USD (the budget it reserves)")
+    open_.add_argument("--ref", required=True, help="your reference; a (bot, ref) pair opens at most one position")
+    open_.add_argument("--no-wait", action="store_true", help="return once started")
+    open_.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the fill")
+    open_.add_argument("--json", action="store_true")
+    open_.set_defaults(func=cmd_open)
+
+    close = sub.add_parser("close", help="close a position (verified on the exchange first)")
+    _common(close)
+    close.add_argument("position", help="workflow id (pos-<bot>-<ref>) or position id")
+    close.add_argument("--reason", default="manual")
+    close.add_argument("--no-wait", action="store_true", help="send the close signal and return")
+    close.add_argument("--json", action="store_true")
+    close.set_defaults(func=cmd_close)
+
+    pos = sub.add_parser("positions", help="positions from the database (the source of truth)")
+    _common(pos)
+    pos.add_argument("--bot")
+    pos.add_argument("--status", choices=["opening", "open", "closing", "closed", "failed"])
+    pos.add_argument("--limit", type=int, default=100)
+    pos.add_argument("--json", action="store_true")
+    pos.set_defaults(func=cmd_positions)
+
+    show = sub.add_parser("show", help="what a position's workflow believes (query `state`)")
+    _common(show)
+    show.add_argument("position")
+    show.set_defaults(func=cmd_show)
 
     simulator = sub.add_parser("simulator", help="run a local exchange simulator (tests, demo; never production)")
     simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])

@@ -10,6 +10,7 @@ changes a position goes through its workflow.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,13 +18,50 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from egis.config import Settings
 from egis.db.engine import make_engine
 from egis.db.store import Store
-from egis.errors import StackError
-from egis.models import BotSpec, BotView, BudgetView, HealthReport
+from egis.errors import (
+    EgisError,
+    InvalidInput,
+    InvalidTransition,
+    PositionAlreadyOpen,
+    PositionNotFound,
+    StackError,
+    rebuild,
+)
+from egis.models import (
+    SA_BOT_ID,
+    SA_POSITION_SIDE,
+    SA_POSITION_STATUS,
+    SA_SYMBOL,
+    BotSpec,
+    BotView,
+    BudgetView,
+    CloseRequest,
+    CloseResult,
+    HealthReport,
+    OpenPositionInput,
+    PositionView,
+    PositionWorkflowInput,
+    position_workflow_id,
+)
 from egis.temporal import connect
 
 
@@ -63,6 +101,106 @@ class EgisClient:
         BotSpec(name=bot, exchange="paper", account="x", budget_usd=budget_usd)  # validates the amount
         return await self.store.set_budget(bot, budget_usd, actor=actor)
 
+    # ------------------------------------------------------------ positions
+    async def open_position(self, request: OpenPositionInput, *, wait: float | None = 60.0) -> PositionView:
+        """Start the position's workflow; with `wait`, return once it is open (or raise why not).
+
+        The workflow id comes from (bot, ref): a reference can be used once, so a bot that
+        retries its own request can never open the position twice.
+        """
+        from workflows.position import PositionWorkflow
+
+        await self.get_bot(request.bot)  # an unknown bot is refused before anything starts
+        workflow_id = position_workflow_id(request.bot, request.ref)
+        try:
+            handle = await self.require_temporal().start_workflow(
+                PositionWorkflow.run,
+                PositionWorkflowInput(request=request),
+                id=workflow_id,
+                task_queue=self.settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SA_BOT_ID, request.bot),
+                        SearchAttributePair(SA_SYMBOL, request.symbol),
+                        SearchAttributePair(SA_POSITION_SIDE, request.side.value),
+                        SearchAttributePair(SA_POSITION_STATUS, "opening"),
+                    ]
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            raise PositionAlreadyOpen(
+                f"position {workflow_id} was already started: each --ref opens at most one position"
+            ) from None
+        if wait is None:
+            return PositionView(
+                workflow_id=workflow_id, bot=request.bot, symbol=request.symbol, side=request.side, status="opening"
+            )
+        return await self._wait_until_settled(handle, wait)
+
+    async def _wait_until_settled(self, handle: WorkflowHandle[Any, Any], timeout: float) -> PositionView:
+        from workflows.position import PositionWorkflow
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            description = await handle.describe()
+            if description.status is not None and description.status != WorkflowExecutionStatus.RUNNING:
+                try:
+                    await handle.result()
+                except WorkflowFailureError as exc:
+                    raise _typed(exc) from None
+            view = await handle.query(PositionWorkflow.state)
+            if view.status != "opening":
+                return view
+            if asyncio.get_running_loop().time() > deadline:
+                return view
+            await asyncio.sleep(0.1)
+
+    async def workflow_id_of(self, position: str) -> str:
+        """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""
+        if position.isdigit():
+            row = await self.store.get_position(int(position))
+            if not row["workflow_id"]:
+                raise PositionNotFound(f"position {position} has no workflow (imported from a legacy system)")
+            return row["workflow_id"]
+        if not position.startswith("pos-"):
+            raise InvalidInput(f"{position!r} is neither a position id nor a workflow id (pos-<bot>-<ref>)")
+        return position
+
+    async def close_position(self, position: str, request: CloseRequest, *, wait: bool = True) -> CloseResult | None:
+        """Close through the workflow: an update that returns the result, or a fire-and-forget signal."""
+        from workflows.position import PositionWorkflow
+
+        workflow_id = await self.workflow_id_of(position)
+        handle = self.require_temporal().get_workflow_handle(workflow_id)
+        try:
+            if not wait:
+                await handle.signal(PositionWorkflow.close, request)
+                return None
+            return await handle.execute_update(PositionWorkflow.request_close, request)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            raise InvalidTransition(cause.message if isinstance(cause, ApplicationError) else str(exc)) from None
+        except RPCError as exc:
+            if "completed" in exc.message.lower():
+                raise InvalidTransition(f"position {workflow_id} is finished: there is nothing to close") from None
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise PositionNotFound(f"no position workflow {workflow_id}") from None
+            raise
+
+    async def position_state(self, position: str) -> PositionView:
+        from workflows.position import PositionWorkflow
+
+        workflow_id = await self.workflow_id_of(position)
+        return await self.require_temporal().get_workflow_handle(workflow_id).query(PositionWorkflow.state)
+
+    async def positions(
+        self, *, bot: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Positions from the database (the single source of truth), newest first."""
+        return await self.store.list_positions(bot=bot, status=status, limit=limit)
+
     # ------------------------------------------------------------ health
     async def health(self, timeout: float = 30.0) -> HealthReport:
         from workflows.health import HealthWorkflow
@@ -73,6 +211,13 @@ class EgisClient:
             task_queue=self.settings.task_queue,
             execution_timeout=timedelta(seconds=timeout),
         )
+
+
+def _typed(exc: WorkflowFailureError) -> EgisError:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        return rebuild(cause.type, cause.message)
+    return EgisError(str(cause or exc))
 
 
 class _Connector:

@@ -115,3 +115,11 @@ ALL_ERRORS: dict[str, type[EgisError]] = {
     )
 }
 """Error classes by code, used to turn an `ApplicationError.type` back into the typed error."""
+
+
+def rebuild(code: str | None, message: str) -> EgisError:
+    """Turn an ApplicationError type + message (after a trip through Temporal) into the typed error."""
+    cls = ALL_ERRORS.get(code or "", EgisError)
+    error = cls.__new__(cls)
+    EgisError.__init__(error, message)
+    return error

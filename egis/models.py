@@ -369,19 +369,33 @@ class PositionWorkflowInput(BaseModel):
 
 
 # ---------------------------------------------------------------- price watching
-class WatchEntry(BaseModel):
-    workflow_id: str
-    symbol: str
-    side: Side
-    target_price: Decimal | None  # None: close at market at the next tick
-    phase: str
+class WatcherInput(BaseModel):
+    """A price watcher per exchange account (carried across continue-as-new)."""
 
-
-class WatcherState(BaseModel):
     exchange: Exchange
     account: str
-    entries: dict[str, WatchEntry] = Field(default_factory=dict)
     tick_seconds: float = 5.0
+    idle_ticks: int = 0
+
+
+class AgedCheckInput(BaseModel):
+    exchange: Exchange
+    account: str
+    now: datetime
+
+
+class AgedTrigger(BaseModel):
+    workflow_id: str
+    position_id: int
+    phase: str
+    price: Decimal | None  # None: expired, close at market
+    target: Decimal | None
+
+
+class AgedCheckResult(BaseModel):
+    watched: int
+    triggers: list[AgedTrigger]
+    tickers_requests: int
 
 
 class TickersInput(BaseModel):
@@ -392,7 +406,7 @@ class TickersInput(BaseModel):
 
 class ExitTrigger(BaseModel):
     phase: str
-    price: Decimal
+    price: Decimal | None = None
 
 
 # ---------------------------------------------------------------- health
@@ -422,5 +436,6 @@ def account_task_queue(main_queue: str, exchange: Exchange | str, account: str) 
     return f"{main_queue}-{Exchange(exchange).value}-{account}"
 
 
-def watcher_workflow_id(exchange: Exchange | str, account: str) -> str:
-    return f"watch-{Exchange(exchange).value}-{account}"
+def watcher_workflow_id(main_queue: str, exchange: Exchange | str, account: str) -> str:
+    """One price watcher per (deployment queue, exchange account)."""
+    return f"watch-{main_queue}-{Exchange(exchange).value}-{account}"

@@ -34,36 +34,114 @@ RECIPES = [
     Recipe("bybit-170131-close", "bybit", "close"),  # reduce-only close of a position that is not there
     Recipe("bybit-110017-close", "bybit", "close", setup="bybit_110017"),
     Recipe("binance-2022-close", "binanceusdm", "close"),
-    Recipe("binance-2019-close", "binanceusdm", "close", {"kind": "error", "code": -2019, "msg": "Margin is insufficient."}),
+    Recipe(
+        "binance-2019-close", "binanceusdm", "close", {"kind": "error", "code": -2019, "msg": "Margin is insufficient."}
+    ),
     Recipe("paper-reduce-only-close", "paper", "close"),
-    Recipe("insufficient-close", "bybit", "close", {"kind": "error", "code": 110007, "msg": "ab not enough for new order"}),
+    Recipe(
+        "insufficient-close", "bybit", "close", {"kind": "error", "code": 110007, "msg": "ab not enough for new order"}
+    ),
     Recipe("binance-4116-duplicate", "binanceusdm", "open", setup="duplicate"),
     Recipe("bybit-110072-duplicate", "bybit", "open", setup="duplicate"),
-    Recipe("binance-unknown-status", "binanceusdm", "open", {"kind": "error", "code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}),
-    Recipe("binance-unknown-status", "binanceusdm", "close", {"kind": "error", "http_status": 500, "code": -1006, "msg": "An unexpected response was received from the message bus. Execution status unknown."}, setup="position"),
+    Recipe(
+        "binance-unknown-status",
+        "binanceusdm",
+        "open",
+        {
+            "kind": "error",
+            "code": -1007,
+            "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+        },
+    ),
+    Recipe(
+        "binance-unknown-status",
+        "binanceusdm",
+        "close",
+        {
+            "kind": "error",
+            "http_status": 500,
+            "code": -1006,
+            "msg": "An unexpected response was received from the message bus. Execution status unknown.",
+        },
+        setup="position",
+    ),
     Recipe("timeout-after-send", "binanceusdm", "open", {"kind": "timeout", "seconds": 3}),
     Recipe("timeout-after-send", "bybit", "close", {"kind": "accept_then_timeout", "seconds": 3}, setup="position"),
-    Recipe("unavailable-after-send", "binanceusdm", "close", {"kind": "http", "http_status": 502, "body": "<html>Bad Gateway</html>"}, setup="position"),
-    Recipe("unavailable-after-send", "bybit", "open", {"kind": "http", "http_status": 503, "body": "Service Unavailable."}),
+    Recipe(
+        "unavailable-after-send",
+        "binanceusdm",
+        "close",
+        {"kind": "http", "http_status": 502, "body": "<html>Bad Gateway</html>"},
+        setup="position",
+    ),
+    Recipe(
+        "unavailable-after-send", "bybit", "open", {"kind": "http", "http_status": 503, "body": "Service Unavailable."}
+    ),
     Recipe("rate-limited", "bybit", "open", {"kind": "rate_limit"}),
-    Recipe("rate-limited", "binanceusdm", "read", {"kind": "error", "http_status": 400, "code": -1003, "msg": "Too many requests."}),
+    Recipe(
+        "rate-limited",
+        "binanceusdm",
+        "read",
+        {"kind": "error", "http_status": 400, "code": -1003, "msg": "Too many requests."},
+    ),
     Recipe("ddos-protection", "binanceusdm", "open", {"kind": "rate_limit"}),
-    Recipe("clock-skew", "binanceusdm", "close", {"kind": "error", "code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}, setup="position"),
-    Recipe("clock-skew", "bybit", "read", {"kind": "error", "code": 10002, "msg": "invalid request, please check your server timestamp or recv_window param"}),
-    Recipe("operation-failed-after-send", "binanceusdm", "open", {"kind": "error", "http_status": 503, "code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
-    Recipe("network-read", "binanceusdm", "read", {"kind": "http", "http_status": 500, "body": "Internal Server Error"}),
+    Recipe(
+        "clock-skew",
+        "binanceusdm",
+        "close",
+        {"kind": "error", "code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."},
+        setup="position",
+    ),
+    Recipe(
+        "clock-skew",
+        "bybit",
+        "read",
+        {
+            "kind": "error",
+            "code": 10002,
+            "msg": "invalid request, please check your server timestamp or recv_window param",
+        },
+    ),
+    Recipe(
+        "operation-failed-after-send",
+        "binanceusdm",
+        "open",
+        {
+            "kind": "error",
+            "http_status": 503,
+            "code": -1001,
+            "msg": "Internal error; unable to process your request. Please try again.",
+        },
+    ),
+    Recipe(
+        "network-read", "binanceusdm", "read", {"kind": "http", "http_status": 500, "body": "Internal Server Error"}
+    ),
     Recipe("network-read", "bybit", "read", {"kind": "timeout", "seconds": 3}),
-    Recipe("bybit-10016-after-send", "bybit", "open", {"kind": "error", "code": 10016, "msg": "Internal system error."}),
+    Recipe(
+        "bybit-10016-after-send", "bybit", "open", {"kind": "error", "code": 10016, "msg": "Internal system error."}
+    ),
     Recipe("bybit-10016-read", "bybit", "read", {"kind": "error", "code": 10016, "msg": "Internal system error."}),
-    Recipe("authentication", "binanceusdm", "open", {"kind": "error", "http_status": 401, "code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}),
+    Recipe(
+        "authentication",
+        "binanceusdm",
+        "open",
+        {"kind": "error", "http_status": 401, "code": -2015, "msg": "Invalid API-key, IP, or permissions for action."},
+    ),
     Recipe("authentication", "bybit", "read", {"kind": "error", "code": 10003, "msg": "API key is invalid."}),
     Recipe("insufficient-open", "binanceusdm", "open", setup="huge"),
     Recipe("insufficient-open", "bybit", "open", setup="huge"),
     Recipe("bad-symbol", "binanceusdm", "open", {"kind": "error", "code": -1121, "msg": "Invalid symbol."}),
-    Recipe("invalid-order", "binanceusdm", "open", {"kind": "error", "code": -4164, "msg": "Order's notional must be no smaller than 5.0"}),
-    Recipe("invalid-order", "bybit", "open", {"kind": "error", "code": 110017, "msg": "reduce-only rule not satisfied"}),
+    Recipe(
+        "invalid-order",
+        "binanceusdm",
+        "open",
+        {"kind": "error", "code": -4164, "msg": "Order's notional must be no smaller than 5.0"},
+    ),
+    Recipe(
+        "invalid-order", "bybit", "open", {"kind": "error", "code": 110017, "msg": "reduce-only rule not satisfied"}
+    ),
     Recipe("exchange-error", "bybit", "open", {"kind": "error", "code": 99999, "msg": "Something new."}),
-]  # fmt: skip
+]
 
 
 def test_every_table_row_has_a_recipe() -> None:

@@ -48,11 +48,17 @@ async def open_reserved(deps: Deps, exchange: Exchange, usd: str = "120", ref: s
     )
     return await deps.store.reserve_position(
         ReserveInput(
-            workflow_id=f"wf-{bot}-{ref}", bot=bot, symbol="BTCUSDT", side=Side.LONG, usd=D(usd),
-            quantity=plan.quantity, exchange=exchange, account=ACCOUNTS[exchange.value],
+            workflow_id=f"wf-{bot}-{ref}",
+            bot=bot,
+            symbol="BTCUSDT",
+            side=Side.LONG,
+            usd=D(usd),
+            quantity=plan.quantity,
+            exchange=exchange,
+            account=ACCOUNTS[exchange.value],
         ),
         actor="test",
-    )  # fmt: skip
+    )
 
 
 async def sim_orders(control: SimulatorControl, exchange: Exchange) -> list[dict]:  # type: ignore[type-arg]

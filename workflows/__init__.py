@@ -2,5 +2,7 @@
 sqlalchemy, no ccxt); activities are called by name."""
 
 from workflows.health import HealthWorkflow
+from workflows.position import PositionWorkflow
+from workflows.price_watch import PriceWatchWorkflow
 
-ALL_WORKFLOWS = [HealthWorkflow]
+ALL_WORKFLOWS = [HealthWorkflow, PositionWorkflow, PriceWatchWorkflow]

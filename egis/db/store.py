@@ -806,6 +806,21 @@ class Store:
         async with self.engine.connect() as conn:
             return await get_order(conn, order_id)
 
+    async def unsettled_orders(self, position_id: int, intent: Intent) -> list[dict[str, Any]]:
+        """Orders of the position that were sent but whose outcome was never recorded."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(orders)
+                .where(
+                    orders.c.position_id == position_id,
+                    orders.c.intent == intent.value,
+                    orders.c.status == OrderStatus.PENDING.value,
+                    orders.c.submissions > 0,
+                )
+                .order_by(orders.c.id)
+            )
+            return [dict(r) for r in rows.mappings()]
+
     async def note_submission(self, order_id: int) -> None:
         async with self.engine.begin() as conn:
             await note_submission(conn, order_id)

@@ -43,6 +43,7 @@ class AccountConfig(BaseModel):
     base_url: str | None = None  # point the real ccxt client at a local simulator
     sandbox: bool = False  # the exchange's testnet (ccxt sandbox mode)
     timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    activities_per_second: float | None = Field(default=None, ge=0)  # override the exchange default; 0 = none
     # paper only
     price_source: PriceSource | None = None
     starting_balance: Decimal = Decimal("10000")

@@ -301,16 +301,24 @@ class CcxtGateway:
             info = row["info"]
             if self._binance:
                 trade = Trade(
-                    trade_id=str(info["id"]), order_id=str(info.get("orderId")),
-                    side=OrderSide(info["side"].lower()), price=Decimal(info["price"]), quantity=Decimal(info["qty"]),
-                    realized_pnl=_dec(info.get("realizedPnl")), at=_from_ms(info["time"]),
-                )  # fmt: skip
+                    trade_id=str(info["id"]),
+                    order_id=str(info.get("orderId")),
+                    side=OrderSide(info["side"].lower()),
+                    price=Decimal(info["price"]),
+                    quantity=Decimal(info["qty"]),
+                    realized_pnl=_dec(info.get("realizedPnl")),
+                    at=_from_ms(info["time"]),
+                )
             else:
                 trade = Trade(
-                    trade_id=str(info["execId"]), order_id=info.get("orderId"),
-                    side=OrderSide(info["side"].lower()), price=Decimal(info["execPrice"]),
-                    quantity=Decimal(info["execQty"]), realized_pnl=None, at=_from_ms(info["execTime"]),
-                )  # fmt: skip
+                    trade_id=str(info["execId"]),
+                    order_id=info.get("orderId"),
+                    side=OrderSide(info["side"].lower()),
+                    price=Decimal(info["execPrice"]),
+                    quantity=Decimal(info["execQty"]),
+                    realized_pnl=None,
+                    at=_from_ms(info["execTime"]),
+                )
             if trade.side is closing and trade.at >= since:
                 trades.append(trade)
         return trades

@@ -116,9 +116,11 @@ class PaperGateway:
         if request.reduce_only:
             if row is None or (row.side == Side.LONG.value) == buy:
                 raise _refuse(
-                    request.intent.value, ["InvalidOrder"], REDUCE_ONLY_REJECTED,
+                    request.intent.value,
+                    ["InvalidOrder"],
+                    REDUCE_ONLY_REJECTED,
                     f"reduce-only {request.side} {request.symbol}: no position to reduce",
-                )  # fmt: skip
+                )
             return await self._reduce(conn, request, row, price, balance)
         return await self._open(conn, request, row, price, balance)
 
@@ -140,9 +142,11 @@ class PaperGateway:
         side = Side.LONG if request.side is OrderSide.BUY else Side.SHORT
         if row is not None and row.side != side.value:
             raise _refuse(
-                request.intent.value, ["InvalidOrder"], WOULD_NET,
+                request.intent.value,
+                ["InvalidOrder"],
+                WOULD_NET,
                 f"{request.symbol}: a {row.side} position is open; one-way mode would net them",
-            )  # fmt: skip
+            )
         used = (
             await conn.execute(
                 select(func.coalesce(func.sum(paper_positions.c.quantity * paper_positions.c.entry_price), 0)).where(
@@ -152,20 +156,27 @@ class PaperGateway:
         ).scalar_one()
         if used + request.quantity * price > balance:
             raise _refuse(
-                request.intent.value, ["InsufficientFunds"], INSUFFICIENT_MARGIN,
+                request.intent.value,
+                ["InsufficientFunds"],
+                INSUFFICIENT_MARGIN,
                 f"paper margin insufficient: balance {balance}, in use {used}, order {request.quantity * price}",
-            )  # fmt: skip
+            )
         if row is None:
             paper_id = (
                 await conn.execute(
                     paper_positions.insert()
                     .values(
-                        position_id=request.position_id, account=self.account, symbol=request.symbol,
-                        side=side.value, status="open", quantity=request.quantity, entry_price=price,
+                        position_id=request.position_id,
+                        account=self.account,
+                        symbol=request.symbol,
+                        side=side.value,
+                        status="open",
+                        quantity=request.quantity,
+                        entry_price=price,
                     )
                     .returning(paper_positions.c.id)
                 )
-            ).scalar_one()  # fmt: skip
+            ).scalar_one()
         else:
             paper_id = row.id
             total = row.quantity + request.quantity
@@ -219,13 +230,19 @@ class PaperGateway:
             await conn.execute(
                 paper_fills.insert()
                 .values(
-                    account=self.account, client_order_id=request.client_order_id, paper_position_id=paper_id,
-                    symbol=request.symbol, side=request.side.value, reduce_only=request.reduce_only,
-                    quantity=quantity, price=price, realized_pnl=realized,
+                    account=self.account,
+                    client_order_id=request.client_order_id,
+                    paper_position_id=paper_id,
+                    symbol=request.symbol,
+                    side=request.side.value,
+                    reduce_only=request.reduce_only,
+                    quantity=quantity,
+                    price=price,
+                    realized_pnl=realized,
                 )
                 .returning(paper_fills.c.id)
             )
-        ).scalar_one()  # fmt: skip
+        ).scalar_one()
         return OrderReport(request.client_order_id, f"paper-{fill_id}", "filled", quantity, price)
 
     async def find_order(self, symbol: str, client_order_id: str) -> OrderReport | None:

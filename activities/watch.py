@@ -1,0 +1,132 @@
+"""Activities behind the price watcher: batched aged-exit checks, and starting the watcher."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from sqlalchemy import select
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.deps import Deps
+from activities.positions import PositionActivities
+from egis.db.schema import bots, positions
+from egis.exchanges.base import ExchangeCallError
+from egis.models import (
+    AgedCheckInput,
+    AgedCheckResult,
+    AgedPolicy,
+    AgedTrigger,
+    Side,
+    WatcherInput,
+    watcher_workflow_id,
+)
+from egis.rules.aged import aged_phase, target_price, target_reached
+
+log = logging.getLogger("egis.activities.watch")
+
+
+class WatchActivities:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @activity.defn(name="check_aged_exits")
+    async def check_aged_exits(self, request: AgedCheckInput) -> AgedCheckResult:
+        """Which aged positions of this account reached their target? ONE tickers request for all."""
+        query = (
+            select(
+                positions,
+                bots.c.aged_max_age_s,
+                bots.c.aged_grace_s,
+                bots.c.aged_loss_step_pct,
+                bots.c.aged_max_loss_pct,
+                bots.c.aged_expire_s,
+            )
+            .join(bots, bots.c.name == positions.c.bot)
+            .where(
+                positions.c.exchange == request.exchange.value,
+                positions.c.account == request.account,
+                positions.c.status == "open",
+                positions.c.opened_at.is_not(None),
+                bots.c.aged_max_age_s.is_not(None),
+            )
+        )
+        async with self.deps.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        watched: list[tuple[dict, str, object]] = []  # type: ignore[type-arg]
+        triggers: list[AgedTrigger] = []
+        for row in rows:
+            policy = AgedPolicy(
+                max_age_s=row["aged_max_age_s"],
+                grace_s=row["aged_grace_s"],
+                loss_step_pct=row["aged_loss_step_pct"],
+                max_loss_pct=row["aged_max_loss_pct"],
+                expire_s=row["aged_expire_s"],
+            )
+            phase = aged_phase(policy, (request.now - row["opened_at"]).total_seconds())
+            if phase.phase == "none":
+                continue
+            if phase.closes_at_market:
+                triggers.append(
+                    AgedTrigger(
+                        workflow_id=row["workflow_id"],
+                        position_id=row["id"],
+                        phase=phase.phase,
+                        price=None,
+                        target=None,
+                    )
+                )
+                continue
+            assert phase.loss_pct is not None and row["entry_price"] is not None
+            watched.append(
+                (dict(row), phase.phase, target_price(row["entry_price"], Side(row["side"]), phase.loss_pct))
+            )
+        requests = 0
+        if watched:
+            gateway = await PositionActivities(self.deps)._gateway(request.exchange, request.account)
+            try:
+                prices = await gateway.fetch_tickers(sorted({row["symbol"] for row, _, _ in watched}))
+            except ExchangeCallError as exc:
+                raise PositionActivities._read_failure(exc) from None
+            requests = 1
+            for row, phase_name, target in watched:
+                price = prices.get(row["symbol"])
+                if price is not None and target_reached(Side(row["side"]), price, target):  # type: ignore[arg-type]
+                    log.info(
+                        "%s %s: aged target reached (%s): current=%s vs target=%s",
+                        row["workflow_id"],
+                        row["symbol"],
+                        phase_name,
+                        price,
+                        target,
+                    )
+                    triggers.append(
+                        AgedTrigger(
+                            workflow_id=row["workflow_id"],
+                            position_id=row["id"],
+                            phase=phase_name,
+                            price=price,
+                            target=target,
+                        )
+                    )  # type: ignore[arg-type]
+        return AgedCheckResult(watched=len(watched) + len(triggers), triggers=triggers, tickers_requests=requests)
+
+    @activity.defn(name="ensure_price_watcher")
+    async def ensure_price_watcher(self, request: WatcherInput) -> str:
+        """Start the account's PriceWatchWorkflow unless it is already running (idempotent)."""
+        client: Client | None = self.deps.temporal
+        if client is None:
+            raise RuntimeError("the worker was built without a Temporal client")
+        workflow_id = watcher_workflow_id(activity.info().task_queue, request.exchange, request.account)
+        with contextlib.suppress(WorkflowAlreadyStartedError):  # already watching this account
+            await client.start_workflow(
+                "PriceWatchWorkflow",
+                request.model_copy(update={"tick_seconds": self.deps.settings.watch_tick_seconds}),
+                id=workflow_id,
+                task_queue=activity.info().task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )
+        return workflow_id

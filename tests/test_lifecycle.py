@@ -1,0 +1,275 @@
+"""PositionWorkflow on a real Temporal dev server, real PostgreSQL, real ccxt against the simulators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deps import Deps
+from egis import metrics
+from egis.db.schema import orders, positions
+from egis.errors import BudgetExceeded, InvalidTransition, PositionAlreadyOpen, QuantityRejected, UnknownSymbol
+from egis.models import CloseOutcomeKind, CloseRequest, Exchange, OpenPositionInput, PositionResult
+from egis.simulator.control import SimulatorControl
+from tests.conftest import SIM_KEYS
+from tests.lifecycle import Harness, counter, eventually, harness, keep_history
+
+D = Decimal
+
+
+@pytest_asyncio.fixture
+async def h(temporal_env: WorkflowEnvironment, deps: Deps) -> AsyncIterator[Harness]:
+    async with harness(temporal_env.client, deps) as built:
+        yield built
+
+
+async def db_positions(h: Harness) -> list[dict]:  # type: ignore[type-arg]
+    async with h.deps.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(select(positions).order_by(positions.c.id))).mappings()]
+
+
+async def test_open_then_manual_close_by_update(h: Harness) -> None:
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    view = await h.open(bot)
+    assert view.status == "open" and view.quantity == D("0.002") and view.entry_price == D("60000")
+    assert (await h.client.budget(bot)).available_usd == D("880.00")
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.outcome is CloseOutcomeKind.CLOSED and result.status == "closed"
+    assert result.orders_sent == 1 and result.exit_reason == "manual"
+    (row,) = await db_positions(h)
+    assert row["status"] == "closed" and row["exit_reason"] == "manual" and row["realized_pnl"] == D(0)
+    assert (await h.client.budget(bot)).available_usd == D("1000.00")
+
+    # the position is closed: another close is rejected and changes nothing
+    before = await db_positions(h)
+    with pytest.raises(InvalidTransition, match=r"nothing to close|already closed"):
+        await h.client.close_position(view.workflow_id, CloseRequest(reason="again"))
+    assert await db_positions(h) == before
+    await keep_history(h.temporal, view.workflow_id, "open_close_by_update_binance")
+
+
+async def test_manual_close_by_signal(h: Harness, sim_control: SimulatorControl) -> None:
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot)
+    assert await h.client.close_position(view.workflow_id, CloseRequest(reason="operator"), wait=False) is None
+    result = await h.temporal.get_workflow_handle(view.workflow_id, result_type=PositionResult).result()
+    assert result.status == "closed" and result.exit_reason == "operator"
+    assert await sim_control.positions(SIM_KEYS["bybit"][0]) == []
+    await keep_history(h.temporal, view.workflow_id, "close_by_signal_bybit")
+
+
+async def test_update_on_a_closing_position_is_rejected(h: Harness, sim_control: SimulatorControl) -> None:
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    view = await h.open(bot)
+    # slow the close down: the exchange accepts it but the answer takes 3 s (the client gives up at 1.5 s)
+    await sim_control.add_fault(
+        "POST /fapi/v1/order", "accept_then_timeout", seconds=3, api_key=SIM_KEYS["binanceusdm"][0]
+    )
+    first = asyncio.create_task(h.client.close_position(view.workflow_id, CloseRequest(reason="first")))
+    await eventually(lambda: h.client.position_state(view.workflow_id), timeout=10)
+    await eventually(lambda: _status_is(h, view.workflow_id, "closing"), timeout=10, interval=0.05)
+    with pytest.raises(InvalidTransition, match="already closing"):
+        await h.client.close_position(view.workflow_id, CloseRequest(reason="second"))
+    result = await first
+    assert result is not None and result.status == "closed" and result.exit_reason == "first"
+    accepted = [o for o in await sim_control.orders(SIM_KEYS["binanceusdm"][0]) if o["outcome"] == "accepted"]
+    assert len(accepted) == 2  # one open, one close: the timed-out close was looked up, not re-sent
+
+
+async def _status_is(h: Harness, workflow_id: str, status: str) -> bool:
+    return (await h.client.position_state(workflow_id)).status == status
+
+
+async def test_seed_000_closing_a_long_never_leaves_a_short(h: Harness, sim_control: SimulatorControl) -> None:
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    view = await h.open(bot)
+    await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    rows = await db_positions(h)
+    assert [(r["side"], r["status"]) for r in rows] == [("long", "closed")]
+    async with h.deps.engine.connect() as conn:
+        sent = (
+            await conn.execute(select(orders.c.intent, orders.c.side, orders.c.reduce_only).order_by(orders.c.id))
+        ).all()
+    assert [tuple(o) for o in sent] == [("open", "buy", False), ("close", "sell", True)]
+    assert await sim_control.positions(SIM_KEYS["binanceusdm"][0]) == []  # no short on the exchange either
+
+
+async def test_duplicate_start_with_the_same_reference_is_refused_and_creates_nothing(h: Harness) -> None:
+    bot = await h.bot(Exchange.PAPER)
+    request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("100"), ref="same-ref")
+    await h.client.open_position(request)
+    with pytest.raises(PositionAlreadyOpen, match="already started"):
+        await h.client.open_position(request)
+    assert len(await db_positions(h)) == 1
+
+
+@pytest.mark.parametrize(
+    ("usd", "symbol", "error"),
+    [("5000", "BTCUSDT", BudgetExceeded), ("10", "BTCUSDT", QuantityRejected), ("100", "NOPEUSDT", UnknownSymbol)],
+)
+async def test_refused_opens_write_nothing(h: Harness, usd: str, symbol: str, error: type[Exception]) -> None:
+    bot = await h.bot(Exchange.BYBIT, budget="1000")
+    with pytest.raises(error):
+        await h.open(bot, symbol=symbol, usd=usd)
+    assert await db_positions(h) == []
+
+
+async def test_permanent_close_error_waits_for_an_operator(h: Harness, sim_control: SimulatorControl) -> None:
+    """A PERMANENT refusal is not retried in a loop: one order, the position stays open with the
+    error, and a later close request (the operator's) works."""
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    view = await h.open(bot)
+    key = SIM_KEYS["binanceusdm"][0]
+    await sim_control.add_fault(
+        "POST /fapi/v1/order",
+        "error",
+        http_status=401,
+        code=-2015,
+        msg="Invalid API-key, IP, or permissions",
+        api_key=key,
+    )
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.outcome is CloseOutcomeKind.FAILED and result.status == "open"
+    assert "credentials rejected" in (result.error_message or "")
+    (row,) = await db_positions(h)
+    assert row["status"] == "open" and "credentials rejected" in row["last_error"]
+    await asyncio.sleep(2)  # nothing retries behind our back
+    sent = [
+        r
+        for r in await sim_control.requests()
+        if r["path"] == "/fapi/v1/order" and r["body"].get("reduceOnly") == "true"
+    ]
+    assert len(sent) == 1  # the faulted request never reached the order book, but it was sent once
+    state = await h.client.position_state(view.workflow_id)
+    assert state.status == "open" and state.last_error
+    retry = await h.client.close_position(view.workflow_id, CloseRequest(reason="operator_retry"))
+    assert retry is not None and retry.status == "closed" and retry.exit_reason == "operator_retry"
+    await keep_history(h.temporal, view.workflow_id, "permanent_close_error_then_operator_retry")
+
+
+async def test_seed_003_case_1_ghost_manual_close_sends_nothing(h: Harness, sim_control: SimulatorControl) -> None:
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot, symbol="CLOUDUSDT", usd="6")  # 46 CLOUD at 0.13012, as in seed 003
+    key = SIM_KEYS["bybit"][0]
+    await sim_control.close_position(key, "CLOUDUSDT", price="0.1324")  # a stop-loss hit on the exchange
+    ghosts = counter(metrics.GHOST_POSITIONS, exchange="bybit")
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="aged_grace"))
+    assert result is not None and result.outcome is CloseOutcomeKind.GHOST and result.orders_sent == 0
+    assert result.exit_reason == "closed_on_exchange" and result.exit_price == D("0.1324")
+    assert result.realized_pnl == (D("0.1324") - D("0.13012")) * 46
+    assert [o for o in await sim_control.orders(key) if o["reduce_only"]] == []  # zero close orders
+    assert counter(metrics.GHOST_POSITIONS, exchange="bybit") == ghosts + 1
+    await keep_history(h.temporal, view.workflow_id, "ghost_manual_close_bybit")
+
+
+async def test_seed_003_case_2_quantity_mismatch_closes_the_exchange_quantity(
+    h: Harness, sim_control: SimulatorControl
+) -> None:
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot, symbol="CLOUDUSDT", usd="6")  # 46
+    key = SIM_KEYS["bybit"][0]
+    await sim_control.reduce_position(key, "CLOUDUSDT", "10")  # a partial manual close in the exchange UI
+    mismatches = counter(metrics.CLOSE_QUANTITY_MISMATCHES, exchange="bybit")
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed" and result.orders_sent == 1
+    (close_order,) = [o for o in await sim_control.orders(key) if o["reduce_only"]]
+    assert close_order["quantity"] == D("36") and close_order["outcome"] == "accepted"
+    assert counter(metrics.CLOSE_QUANTITY_MISMATCHES, exchange="bybit") == mismatches + 1
+    (row,) = await db_positions(h)
+    assert row["quantity"] == D("36") and row["status"] == "closed"
+
+
+async def test_seed_003_case_4_read_failure_falls_back_to_the_db_quantity(
+    h: Harness, sim_control: SimulatorControl
+) -> None:
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot)
+    key = SIM_KEYS["bybit"][0]
+    await sim_control.add_fault(
+        "GET /v5/position/list", "http", http_status=503, body="Service Unavailable.", api_key=key
+    )
+    failures = counter(metrics.CLOSE_VALIDATION_FAILURES, exchange="bybit")
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed" and result.orders_sent == 1
+    assert counter(metrics.CLOSE_VALIDATION_FAILURES, exchange="bybit") == failures + 1
+
+
+async def test_verify_after_170131_finds_the_position_gone(h: Harness, sim_control: SimulatorControl) -> None:
+    """The pre-close read fails, the close goes out, Bybit answers 170131: read again, it is gone:
+    POSITION_NOT_FOUND, closed_on_exchange, never retried."""
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot)
+    key = SIM_KEYS["bybit"][0]
+    await sim_control.close_position(key, "BTCUSDT", price="61000")
+    await sim_control.add_fault(
+        "GET /v5/position/list", "http", http_status=503, body="Service Unavailable.", api_key=key
+    )
+    not_found = counter(metrics.CLOSE_POSITION_NOT_FOUND, exchange="bybit")
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.outcome is CloseOutcomeKind.POSITION_NOT_FOUND
+    assert result.status == "closed" and result.exit_reason == "closed_on_exchange" and result.exit_price == D("61000")
+    rejected = [o for o in await sim_control.orders(key) if o["reduce_only"]]
+    assert [(o["outcome"], o["error_code"]) for o in rejected] == [("rejected", 170131)]
+    assert counter(metrics.CLOSE_POSITION_NOT_FOUND, exchange="bybit") == not_found + 1
+    await keep_history(h.temporal, view.workflow_id, "verify_170131_position_not_found")
+
+
+async def test_search_attributes_find_exactly_the_expected_workflows(h: Harness) -> None:
+    alpha, beta = await h.bot(Exchange.PAPER), await h.bot(Exchange.BYBIT)
+    a1 = await h.open(alpha)
+    a2 = await h.open(alpha, symbol="ETHUSDT")
+    b1 = await h.open(beta)
+    await h.client.close_position(a2.workflow_id, CloseRequest(reason="manual"))
+
+    async def ids(query: str) -> set[str]:
+        return {w.id async for w in h.temporal.list_workflows(query)}
+
+    open_alpha = f'BotId = "{alpha}" AND PositionStatus = "open"'
+    assert await eventually(lambda: _equals(ids(open_alpha), {a1.workflow_id}))
+    assert await eventually(lambda: _equals(ids(f'BotId = "{alpha}" AND PositionStatus = "closed"'), {a2.workflow_id}))
+    assert await eventually(
+        lambda: _equals(ids(f'Exchange = "bybit" AND BotId = "{beta}" AND PositionSide = "long"'), {b1.workflow_id})
+    )
+    description = await h.temporal.get_workflow_handle(a2.workflow_id).describe()
+    summary = await description.memo_value("summary")
+    assert "ETHUSDT" in summary and "closed" in summary
+
+
+async def _equals(coro, expected: set[str]) -> bool:  # type: ignore[no-untyped-def]
+    return await coro == expected
+
+
+async def test_a_failing_open_releases_the_budget(h: Harness, sim_control: SimulatorControl) -> None:
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    await sim_control.add_fault(
+        "POST /fapi/v1/order", "error", code=-2019, msg="Margin is insufficient.", api_key=SIM_KEYS["binanceusdm"][0]
+    )
+    view = await h.open(bot)
+    assert view.status == "failed" and "margin" in (view.last_error or "")
+    (row,) = await db_positions(h)
+    assert row["status"] == "failed" and row["exit_reason"] == "open_failed"
+    assert (await h.client.budget(bot)).available_usd == D("1000.00")
+    async with h.deps.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(orders))).scalar_one() == 1
+    await keep_history(h.temporal, view.workflow_id, "open_refused_by_exchange")
+
+
+async def test_workflow_input_that_fails_validation_fails_the_workflow(h: Harness) -> None:
+    """Started by hand (web UI / temporal CLI) with a bad payload: a clear failure, no row."""
+    handle = await h.temporal.start_workflow(
+        "PositionWorkflow",
+        {"request": {"bot": "x", "symbol": "not a symbol", "side": "long", "usd": "10", "ref": "r"}},
+        id="pos-x-bad-input-test",
+        task_queue=h.queue,
+    )
+    with pytest.raises(WorkflowFailureError) as info:
+        await handle.result()
+    assert "invalid symbol" in str(info.value.cause)
+    assert await db_positions(h) == []

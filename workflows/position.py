@@ -1,0 +1,433 @@
+"""PositionWorkflow: one durable workflow per position, from the open order to the close.
+
+1. Open: resolve the bot, price and size the order (nothing written yet), reserve budget and
+   insert the position with its OPEN order in one transaction, submit idempotently, record
+   the fill. A refusal before the reservation fails the workflow with a typed error and
+   writes nothing; a permanent exchange refusal after it ends the position as `failed`.
+2. Watch: wait for a close request, an exit trigger or a sync hint, with durable timers only.
+   Aged positions are watched by their account's PriceWatchWorkflow (one tickers request per
+   account per tick). History stays bounded with continue-as-new.
+3. Close: the close activity verifies on the exchange first (ghost / quantity mismatch) and
+   classifies errors; a PERMANENT refusal leaves the position open, waiting for an operator.
+4. Manual close: signal `close`, update `request_close` (validated), query `state`.
+
+Deterministic orchestration only: all I/O is in activities, called by name.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from egis.models import (
+        FINAL_STATUSES,
+        SA_BOT_ID,
+        SA_EXCHANGE,
+        SA_POSITION_SIDE,
+        SA_POSITION_STATUS,
+        SA_SYMBOL,
+        BotContext,
+        CloseInput,
+        CloseOutcomeKind,
+        CloseRequest,
+        CloseResult,
+        ExitTrigger,
+        ExternalClose,
+        ObserveInput,
+        ObserveResult,
+        OpenPlan,
+        OrderOutcome,
+        PlaceOrderInput,
+        PlanOpenInput,
+        PositionResult,
+        PositionStatus,
+        PositionView,
+        PositionWorkflowInput,
+        ReservedPosition,
+        ReserveInput,
+        SyncHint,
+        WatcherInput,
+        account_task_queue,
+    )
+    from egis.rules.aged import aged_phase
+
+DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=30))
+"""Database work: retry until PostgreSQL is back (typed refusals are non-retryable anyway)."""
+READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+ORDER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60))
+"""TRANSIENT exchange errors are retried with backoff; VERIFY and PERMANENT are settled inside the activity."""
+OPEN_DEADLINE = timedelta(minutes=2)
+"""An open that cannot complete within this is abandoned (after a last look-up): no stale entries."""
+WATCH_RECHECK = timedelta(minutes=30)
+"""How often an aged position makes sure its account's price watcher is running."""
+LIVE = (PositionStatus.OPENING, PositionStatus.OPEN)
+ENDED = ("closed", "failed", "rejected")
+
+
+@workflow.defn
+class PositionWorkflow:
+    @workflow.init
+    def __init__(self, state: PositionWorkflowInput) -> None:
+        self._s = state.model_copy(deep=True)
+        self._external: ExternalClose | None = None
+        self._trigger: ExitTrigger | None = None
+        self._last_close: CloseResult | None = None
+        self._close_seq = 0
+        self._exit_reason: str | None = None
+        self._exit_price = None
+        self._pnl = None
+        self._aged_phase: str | None = None
+        self._watch_ensured_at = None
+
+    # ------------------------------------------------------------------ handlers
+    @workflow.query
+    def state(self) -> PositionView:
+        r = self._s.request
+        return PositionView(
+            workflow_id=workflow.info().workflow_id,
+            bot=r.bot,
+            symbol=r.symbol,
+            side=r.side,
+            status=self._s.status,
+            exchange=self._s.context.exchange if self._s.context else None,
+            position_id=self._s.position_id,
+            quantity=self._s.quantity,
+            entry_price=self._s.entry_price,
+            exit_price=self._exit_price,
+            realized_pnl=self._pnl,
+            exit_reason=self._exit_reason,
+            opened_at=self._s.opened_at,
+            aged_phase=self._aged_phase,
+            close_attempts=self._s.close_attempts,
+            last_error=self._s.last_error,
+        )
+
+    @workflow.signal
+    def close(self, request: CloseRequest) -> None:
+        """Fire-and-forget close (works from the web UI and `temporal workflow signal`)."""
+        if self._s.status in LIVE and self._s.pending_close is None:
+            self._s.pending_close = request
+        else:
+            workflow.logger.info("close signal ignored: position is %s", self._s.status)
+
+    @workflow.update
+    async def request_close(self, request: CloseRequest) -> CloseResult:
+        """Close and wait for the outcome."""
+        seq = self._close_seq
+        self._s.pending_close = request
+        await workflow.wait_condition(lambda: self._close_seq > seq or self._s.status in ENDED)
+        if self._last_close is not None and self._close_seq > seq:
+            return self._last_close
+        return CloseResult(
+            position_id=self._s.position_id,
+            outcome=CloseOutcomeKind.ALREADY_FINAL,
+            status=self._status_enum(),
+            exit_reason=self._exit_reason,
+            exit_price=self._exit_price,
+            realized_pnl=self._pnl,
+            error_message=self._s.last_error,
+        )
+
+    @request_close.validator
+    def _validate_close(self, request: CloseRequest) -> None:
+        wid, status = workflow.info().workflow_id, self._s.status
+        if status in ("closing", "closed"):
+            raise ValueError(f"position {wid} is already {status}")
+        if status in ("failed", "rejected"):
+            raise ValueError(f"position {wid} is {status}: there is nothing to close")
+        if self._s.pending_close is not None:
+            raise ValueError(f"position {wid} already has a close request pending ({self._s.pending_close.reason})")
+
+    @workflow.signal
+    def sync_hint(self, hint: SyncHint) -> None:
+        """From the exchange-sync job: the exchange disagrees with us; re-read and record."""
+        if self._s.status == PositionStatus.OPEN:
+            self._s.pending_hint = hint
+
+    @workflow.signal
+    def external_close(self, notice: ExternalClose) -> None:
+        """From a maintenance job that closed this position's row itself (phantom cleanup, reconcile)."""
+        self._external = notice
+
+    @workflow.signal
+    def exit_trigger(self, trigger: ExitTrigger) -> None:
+        """From the account's price watcher: this aged position reached its phase's target."""
+        if self._s.status == PositionStatus.OPEN and self._s.pending_close is None:
+            self._s.pending_close = CloseRequest(reason=f"aged_{trigger.phase}")
+            self._aged_phase = trigger.phase
+
+    # ------------------------------------------------------------------ run
+    @workflow.run
+    async def run(self, state: PositionWorkflowInput) -> PositionResult:
+        if self._s.context is None:
+            refused = await self._open()
+            if refused is not None:
+                return refused
+        return await self._watch()
+
+    def _status_enum(self) -> PositionStatus:
+        try:
+            return PositionStatus(self._s.status)
+        except ValueError:
+            return PositionStatus.FAILED
+
+    def _set_status(self, status: str) -> None:
+        self._s.status = status
+        workflow.upsert_search_attributes([SA_POSITION_STATUS.value_set(status)])
+        r = self._s.request
+        parts = [f"{r.bot}: {r.side} {r.symbol} ${r.usd}", status]
+        if self._s.quantity is not None:
+            parts.append(f"qty {self._s.quantity} @ {self._s.entry_price}")
+        if self._exit_reason:
+            parts.append(f"{self._exit_reason} @ {self._exit_price if self._exit_price is not None else '?'}")
+        if self._s.last_error:
+            parts.append(f"error: {self._s.last_error[:80]}")
+        workflow.upsert_memo({"summary": " | ".join(parts)})
+
+    def _account_queue(self) -> str:
+        ctx = self._s.context
+        assert ctx is not None
+        return account_task_queue(workflow.info().task_queue, ctx.exchange, ctx.account)
+
+    async def _refuse(self, error: ActivityError, stage: str) -> PositionResult:
+        cause = error.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(error)
+        kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "OpenRefused"
+        self._s.last_error = f"{stage}: {message}"
+        self._set_status("rejected")
+        raise ApplicationError(f"{stage}: {message}", type=kind, non_retryable=True)
+
+    async def _open(self) -> PositionResult | None:
+        r = self._s.request
+        workflow.upsert_search_attributes(
+            [SA_BOT_ID.value_set(r.bot), SA_SYMBOL.value_set(r.symbol), SA_POSITION_SIDE.value_set(r.side.value)]
+        )
+        self._set_status(PositionStatus.OPENING)
+        try:
+            ctx = await workflow.execute_activity(
+                "resolve_bot",
+                r.bot,
+                result_type=BotContext,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+        except ActivityError as exc:
+            return await self._refuse(exc, "unknown bot")
+        self._s.context = ctx
+        workflow.upsert_search_attributes([SA_EXCHANGE.value_set(ctx.exchange.value)])
+        try:
+            plan = await workflow.execute_activity(
+                "plan_open",
+                PlanOpenInput(exchange=ctx.exchange, account=ctx.account, symbol=r.symbol, usd=r.usd),
+                result_type=OpenPlan,
+                task_queue=self._account_queue(),
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=OPEN_DEADLINE,
+                retry_policy=READ_RETRY,
+            )
+            reserved = await workflow.execute_activity(
+                "reserve_position",
+                ReserveInput(
+                    workflow_id=workflow.info().workflow_id,
+                    bot=r.bot,
+                    symbol=r.symbol,
+                    side=r.side,
+                    usd=r.usd,
+                    quantity=plan.quantity,
+                    exchange=ctx.exchange,
+                    account=ctx.account,
+                ),
+                result_type=ReservedPosition,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+        except ActivityError as exc:
+            return await self._refuse(exc, "open refused")
+        self._s.position_id = reserved.position_id
+        order = PlaceOrderInput(order_id=reserved.order_id)
+        try:
+            outcome = await workflow.execute_activity(
+                "place_open_order",
+                order,
+                result_type=OrderOutcome,
+                task_queue=self._account_queue(),
+                start_to_close_timeout=timedelta(seconds=60),
+                heartbeat_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=OPEN_DEADLINE,
+                retry_policy=ORDER_RETRY,
+            )
+        except ActivityError:
+            outcome = await workflow.execute_activity(
+                "abandon_open",
+                order,
+                result_type=OrderOutcome,
+                task_queue=self._account_queue(),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=READ_RETRY,
+            )
+        if outcome.position_status is PositionStatus.FAILED:
+            self._s.last_error = outcome.error_message
+            self._set_status(PositionStatus.FAILED)
+            self._close_seq += 1
+            return PositionResult(
+                workflow_id=workflow.info().workflow_id,
+                position_id=self._s.position_id,
+                status="failed",
+                exit_reason="open_failed",
+                error=outcome.error_message,
+            )
+        self._s.quantity = outcome.filled_quantity
+        self._s.entry_price = outcome.average_price
+        self._s.opened_at = workflow.now()
+        self._set_status(PositionStatus.OPEN)
+        return None
+
+    async def _watch(self) -> PositionResult:
+        while self._s.status not in FINAL_STATUSES:
+            if self._external is not None:
+                await self._finalize_external()
+            elif self._s.pending_close is not None:
+                await self._close(self._s.pending_close)
+            elif self._s.pending_hint is not None:
+                await self._observe(self._s.pending_hint)
+            else:
+                await self._wait()
+                continue
+            if self._s.status in FINAL_STATUSES:
+                break
+            if workflow.info().is_continue_as_new_suggested() and self._idle():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._s)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return PositionResult(
+            workflow_id=workflow.info().workflow_id,
+            position_id=self._s.position_id,
+            status=self._s.status,
+            exit_reason=self._exit_reason,
+            exit_price=self._exit_price,
+            realized_pnl=self._pnl,
+            error=self._s.last_error,
+        )
+
+    def _idle(self) -> bool:
+        return self._external is None and self._s.pending_close is None and self._s.pending_hint is None
+
+    def _wake_in(self) -> timedelta | None:
+        """Until the next thing a timer must do: start watching at max age, then re-check."""
+        ctx = self._s.context
+        if ctx is None or ctx.aged is None or self._s.opened_at is None or self._s.status != PositionStatus.OPEN:
+            return None
+        age = (workflow.now() - self._s.opened_at).total_seconds()
+        phase = aged_phase(ctx.aged, age)
+        self._aged_phase = phase.phase
+        if phase.phase == "none":
+            return timedelta(seconds=max(phase.seconds_to_next or 0, 0.001))
+        if self._watch_ensured_at is None:
+            return timedelta(0)
+        return max(WATCH_RECHECK - (workflow.now() - self._watch_ensured_at), timedelta(0))
+
+    async def _wait(self) -> None:
+        wake = self._wake_in()
+        if wake is not None and wake <= timedelta(0):
+            await self._ensure_watcher()
+            return
+        try:
+            await workflow.wait_condition(lambda: not self._idle(), timeout=wake)
+        except TimeoutError:
+            if self._wake_in() is not None and self._aged_phase != "none":
+                await self._ensure_watcher()
+        if workflow.info().is_continue_as_new_suggested() and self._idle():
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(self._s)
+
+    async def _ensure_watcher(self) -> None:
+        ctx = self._s.context
+        assert ctx is not None
+        await workflow.execute_activity(
+            "ensure_price_watcher",
+            WatcherInput(exchange=ctx.exchange, account=ctx.account),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        self._watch_ensured_at = workflow.now()
+
+    def _apply(self, result: CloseResult) -> None:
+        self._exit_reason = result.exit_reason
+        self._exit_price = result.exit_price
+        self._pnl = result.realized_pnl
+        if result.closed_quantity is not None and self._s.quantity is not None and result.status == "closed":
+            self._s.quantity = max(self._s.quantity, result.closed_quantity)
+
+    async def _close(self, request: CloseRequest) -> None:
+        self._set_status(PositionStatus.CLOSING)
+        assert self._s.position_id is not None
+        result: CloseResult | None = None
+        for _ in range(5):  # a partial fill (the exchange capped the reduce-only order) closes again
+            self._s.close_attempts += 1
+            try:
+                result = await workflow.execute_activity(
+                    "close_position",
+                    CloseInput(position_id=self._s.position_id, reason=request.reason, attempt=self._s.close_attempts),
+                    result_type=CloseResult,
+                    task_queue=self._account_queue(),
+                    start_to_close_timeout=timedelta(seconds=120),
+                    heartbeat_timeout=timedelta(seconds=10),
+                    retry_policy=ORDER_RETRY,
+                )
+            except ActivityError as exc:
+                cause = exc.cause
+                message = cause.message if isinstance(cause, ApplicationError) else str(exc)
+                result = CloseResult(
+                    position_id=self._s.position_id,
+                    outcome=CloseOutcomeKind.FAILED,
+                    status=PositionStatus.OPEN,
+                    error_message=message,
+                )
+            if result.status != PositionStatus.CLOSING:
+                break
+        assert result is not None
+        self._s.pending_close = None
+        self._apply(result)
+        if result.status in FINAL_STATUSES:
+            self._s.last_error = None
+            self._set_status(result.status)
+        else:
+            self._s.last_error = result.error_message or "close did not complete"
+            self._set_status(PositionStatus.OPEN)  # waiting for an operator; a new close request retries
+        self._last_close = result
+        self._close_seq += 1
+
+    async def _observe(self, hint: SyncHint) -> None:
+        self._s.pending_hint = None
+        assert self._s.position_id is not None
+        result = await workflow.execute_activity(
+            "observe_position",
+            ObserveInput(position_id=self._s.position_id, hint=hint),
+            result_type=ObserveResult,
+            task_queue=self._account_queue(),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=READ_RETRY,
+        )
+        if result.status in FINAL_STATUSES:
+            await self._finalize_external()
+
+    async def _finalize_external(self) -> None:
+        self._external = None
+        assert self._s.position_id is not None
+        result = await workflow.execute_activity(
+            "position_status",
+            self._s.position_id,
+            result_type=CloseResult,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        if result.status in FINAL_STATUSES:
+            self._apply(result)
+            self._s.pending_close = None
+            self._set_status(result.status)
+            self._last_close = result
+            self._close_seq += 1
