@@ -112,7 +112,8 @@ class WatchActivities:
                             target=target,
                         )
                     )  # type: ignore[arg-type]
-        return AgedCheckResult(watched=len(watched) + len(triggers), triggers=triggers, tickers_requests=requests)
+        expired = sum(1 for t in triggers if t.price is None)
+        return AgedCheckResult(watched=len(watched) + expired, triggers=triggers, tickers_requests=requests)
 
     @activity.defn(name="ensure_price_watcher")
     async def ensure_price_watcher(self, request: WatcherInput) -> str:

@@ -365,6 +365,7 @@ class PositionWorkflowInput(BaseModel):
     close_attempts: int = 0
     pending_close: CloseRequest | None = None
     pending_hint: SyncHint | None = None
+    pending_external: ExternalClose | None = None
     last_error: str | None = None
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import psutil
 
 from egis.client import EgisClient
@@ -46,6 +47,12 @@ def dev_up(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
         text=True,
         env=env,
     )
+
+
+async def fetch(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200, url
+        return await response.text()
 
 
 def ports() -> dict[str, int]:
@@ -84,6 +91,12 @@ async def test_dev_up_runs_a_workflow_and_leaves_no_child_after_sigterm(tmp_path
         async with EgisClient.from_settings(settings) as client:
             report = await client.health(timeout=60)
         assert report.database == "egis" and report.migrations_head is not None
+
+        app_metrics = await fetch(f"http://127.0.0.1:{p['metrics']}/metrics")
+        for name in ("ghost_positions_detected_total", "close_validation_failures_total", "orders_submitted_total"):
+            assert f"# TYPE {name} counter" in app_metrics
+        sdk_metrics = await fetch(f"http://127.0.0.1:{p['sdk']}/metrics")
+        assert "temporal_workflow_completed" in sdk_metrics or "temporal_activity_execution_latency" in sdk_metrics
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -73,8 +73,6 @@ class PositionWorkflow:
     @workflow.init
     def __init__(self, state: PositionWorkflowInput) -> None:
         self._s = state.model_copy(deep=True)
-        self._external: ExternalClose | None = None
-        self._trigger: ExitTrigger | None = None
         self._last_close: CloseResult | None = None
         self._close_seq = 0
         self._exit_reason: str | None = None
@@ -151,7 +149,7 @@ class PositionWorkflow:
     @workflow.signal
     def external_close(self, notice: ExternalClose) -> None:
         """From a maintenance job that closed this position's row itself (phantom cleanup, reconcile)."""
-        self._external = notice
+        self._s.pending_external = notice
 
     @workflow.signal
     def exit_trigger(self, trigger: ExitTrigger) -> None:
@@ -288,7 +286,7 @@ class PositionWorkflow:
 
     async def _watch(self) -> PositionResult:
         while self._s.status not in FINAL_STATUSES:
-            if self._external is not None:
+            if self._s.pending_external is not None:
                 await self._finalize_external()
             elif self._s.pending_close is not None:
                 await self._close(self._s.pending_close)
@@ -299,9 +297,7 @@ class PositionWorkflow:
                 continue
             if self._s.status in FINAL_STATUSES:
                 break
-            if workflow.info().is_continue_as_new_suggested() and self._idle():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self._s)
+            self._maybe_continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return PositionResult(
             workflow_id=workflow.info().workflow_id,
@@ -314,7 +310,13 @@ class PositionWorkflow:
         )
 
     def _idle(self) -> bool:
-        return self._external is None and self._s.pending_close is None and self._s.pending_hint is None
+        return self._s.pending_external is None and self._s.pending_close is None and self._s.pending_hint is None
+
+    def _maybe_continue_as_new(self) -> None:
+        """Keep history bounded. Pending requests travel in the state, so this is safe at any
+        step, except while an update handler is still waiting for its answer."""
+        if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
+            workflow.continue_as_new(self._s)
 
     def _wake_in(self) -> timedelta | None:
         """Until the next thing a timer must do: start watching at max age, then re-check."""
@@ -340,9 +342,7 @@ class PositionWorkflow:
         except TimeoutError:
             if self._wake_in() is not None and self._aged_phase != "none":
                 await self._ensure_watcher()
-        if workflow.info().is_continue_as_new_suggested() and self._idle():
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(self._s)
+        self._maybe_continue_as_new()
 
     async def _ensure_watcher(self) -> None:
         ctx = self._s.context
@@ -416,7 +416,7 @@ class PositionWorkflow:
             await self._finalize_external()
 
     async def _finalize_external(self) -> None:
-        self._external = None
+        self._s.pending_external = None
         assert self._s.position_id is not None
         result = await workflow.execute_activity(
             "position_status",

@@ -12,6 +12,8 @@ Every price, quantity and amount is NUMERIC (Decimal in Python).
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    TypeDecorator,
     func,
     text,
 )
@@ -41,9 +44,21 @@ metadata = MetaData(
     }
 )
 
-USD = Numeric(20, 2)
+
+class FixedNumeric(TypeDecorator[Decimal]):
+    """NUMERIC read back as a fixed-point Decimal. asyncpg decodes 60000 as Decimal('6E+4'):
+    equal, but it would show up as "6E+4" in tables, JSON and the web UI."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def process_result_value(self, value: Decimal | None, dialect: object) -> Decimal | None:
+        return None if value is None else Decimal(format(value, "f"))
+
+
+USD = FixedNumeric(20, 2)
 """Budget and position sizes: cents, exactly."""
-DEC = Numeric()
+DEC = FixedNumeric()
 """Prices, quantities, PnL: arbitrary precision."""
 TS = DateTime(timezone=True)
 

@@ -29,9 +29,13 @@ def free_port() -> int:
 
 
 def ensure_port_free(port: int, what: str, setting: str) -> None:
+    """Refuse if something listens on the port. SO_REUSEADDR, as the servers themselves use, so
+    TIME_WAIT leftovers of a run that just stopped don't block an immediate restart."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen()
         except OSError as exc:
             raise StackError(
                 f"port {port} ({what}) is already in use: stop whatever holds it, or choose another port with {setting}"

@@ -1,0 +1,154 @@
+"""Metrics, alert rules, batched price checks, and continue-as-new for long-lived positions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest_asyncio
+import yaml
+from prometheus_client import REGISTRY
+from sqlalchemy import update
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.deps import Deps
+from activities.watch import WatchActivities
+from egis import metrics
+from egis.db.schema import positions
+from egis.models import (
+    ALL_SEARCH_ATTRIBUTES,
+    AgedCheckInput,
+    AgedPolicy,
+    CloseRequest,
+    Exchange,
+    PositionResult,
+    SyncHint,
+)
+from egis.simulator.control import SimulatorControl
+from egis.stack.processes import find_binary
+from tests.lifecycle import Harness, harness
+from workflows.position import PositionWorkflow
+
+D = Decimal
+H = 3600
+
+
+def test_alert_rules_cover_seed_003_and_use_real_metrics(repo_root: Path) -> None:
+    rules = yaml.safe_load((repo_root / "deploy" / "prometheus-alerts.yml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert {"EgisGhostPositionDetected", "EgisCloseValidationFailures", "EgisCloseQuantityMismatch"} <= set(alerts)
+    assert alerts["EgisCloseValidationFailures"]["labels"]["severity"] == "critical"
+    assert "> 5" in alerts["EgisCloseValidationFailures"]["expr"]
+    exposed = {m.name for m in REGISTRY.collect()}  # counters are registered as <name> (+ _total on the wire)
+    for alert in alerts.values():
+        for name in re.findall(r"([a-z_]+)_total", alert["expr"]):
+            assert name in exposed, f"{alert['alert']} uses {name}_total, which no Egis counter exposes"
+
+
+def test_metric_names_are_the_ones_the_issue_names() -> None:
+    names = {
+        m.name
+        for m in (
+            metrics.GHOST_POSITIONS,
+            metrics.CLOSE_VALIDATION_FAILURES,
+            metrics.CLOSE_QUANTITY_MISMATCHES,
+            metrics.CLOSE_POSITION_NOT_FOUND,
+            metrics.ORDERS_SUBMITTED,
+            metrics.CLOSE_ATTEMPTS,
+        )
+        for m in m.collect()
+    }
+    assert names == {
+        "ghost_positions_detected",
+        "close_validation_failures",
+        "close_quantity_mismatches",
+        "close_position_not_found",
+        "orders_submitted",
+        "close_attempts",
+    }
+
+
+@pytest_asyncio.fixture
+async def h(temporal_env: WorkflowEnvironment, deps: Deps) -> AsyncIterator[Harness]:
+    async with harness(temporal_env.client, deps) as built:
+        yield built
+
+
+async def test_aged_price_checks_are_one_tickers_request_per_account(h: Harness, sim_control: SimulatorControl) -> None:
+    """Four aged positions on one account: one tick makes ONE tickers request, not four."""
+    policy = AgedPolicy(max_age_s=H, grace_s=H, loss_step_pct=D("0.5"), max_loss_pct=D(5), expire_s=48 * H)
+    symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "CLOUDUSDT"]
+    bots = [await h.bot(Exchange.BYBIT, aged=policy) for _ in symbols]
+    for bot, symbol in zip(bots, symbols, strict=True):
+        await h.open(bot, symbol=symbol, usd="200")
+    for symbol, price in (("BTCUSDT", "59000"), ("SOLUSDT", "149"), ("CLOUDUSDT", "0.13")):
+        await sim_control.set_price(symbol, price)  # under breakeven: no target reached
+    await sim_control.set_price("ETHUSDT", "3100")  # above it: the grace target is reached
+    before = len(await sim_control.requests())
+    result = await ActivityEnvironment().run(
+        WatchActivities(h.deps).check_aged_exits,
+        AgedCheckInput(exchange=Exchange.BYBIT, account="sim-bybit", now=datetime.now(UTC) + timedelta(hours=1.5)),
+    )
+    requests = (await sim_control.requests())[before:]
+    assert [r["path"] for r in requests] == ["/v5/market/tickers"]
+    assert result.watched == 4 and result.tickers_requests == 1
+    assert [(t.phase, t.price) for t in result.triggers] == [("grace", D("3100"))]
+
+
+@pytest_asyncio.fixture
+async def can_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server that suggests continue-as-new after 40 events (the default is thousands)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_binary("temporal")),
+        data_converter=pydantic_data_converter,
+        search_attributes=ALL_SEARCH_ATTRIBUTES,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
+    )
+    yield env
+    await env.shutdown()
+
+
+async def test_a_long_lived_position_continues_as_new_and_still_closes(
+    can_env: WorkflowEnvironment, deps: Deps
+) -> None:
+    async with harness(can_env.client, deps) as h:
+        bot = await h.bot(Exchange.PAPER)
+        view = await h.open(bot)
+        handle = h.temporal.get_workflow_handle(view.workflow_id)
+        first_run = (await handle.describe()).run_id
+        for _ in range(8):  # each sync hint is a re-read on the exchange: history grows
+            await handle.signal(PositionWorkflow.sync_hint, SyncHint(kind="quantity_drift"))
+        described = await handle.describe()
+        for _ in range(100):
+            if described.run_id != first_run:
+                break
+            await handle.signal(PositionWorkflow.sync_hint, SyncHint(kind="quantity_drift"))
+            described = await h.temporal.get_workflow_handle(view.workflow_id).describe()
+        assert described.run_id != first_run, "the workflow never continued as new"
+        assert described.status == WorkflowExecutionStatus.RUNNING
+        old = await h.temporal.get_workflow_handle(view.workflow_id, run_id=first_run).describe()
+        assert old.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        state = await h.client.position_state(view.workflow_id)
+        assert state.status == "open" and state.position_id == view.position_id and state.quantity == view.quantity
+        result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+        assert result is not None and result.status == "closed"
+        final = await h.temporal.get_workflow_handle(view.workflow_id, result_type=PositionResult).result()
+        assert final.status == "closed" and final.position_id == view.position_id
+
+
+async def test_closed_positions_count_in_the_budget_no_more(h: Harness) -> None:
+    """The budget frees itself because it follows the status (no separate bookkeeping to drift)."""
+    bot = await h.bot(Exchange.PAPER, budget="500")
+    views = [await h.open(bot, symbol=s, usd="100") for s in ("BTCUSDT", "ETHUSDT", "DOGEUSDT")]
+    assert (await h.client.budget(bot)).available_usd == D("200.00")
+    await h.client.close_position(views[0].workflow_id, CloseRequest(reason="manual"))
+    assert (await h.client.budget(bot)).available_usd == D("300.00")
+    async with h.deps.engine.begin() as conn:  # a status change by anyone moves the budget the same way
+        await conn.execute(update(positions).where(positions.c.id == views[1].position_id).values(size_usd=D("150")))
+    assert (await h.client.budget(bot)).available_usd == D("250.00")
