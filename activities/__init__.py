@@ -12,6 +12,7 @@ from typing import Any
 
 from activities.deps import Deps
 from activities.health import HealthActivities
+from activities.maintenance import MaintenanceActivities
 from activities.positions import PositionActivities
 from activities.watch import WatchActivities
 
@@ -19,12 +20,15 @@ from activities.watch import WatchActivities
 def main_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Database-only activities, served on the main task queue."""
     health, positions, watch = HealthActivities(deps), PositionActivities(deps), WatchActivities(deps)
+    maintenance = MaintenanceActivities(deps)
     return [
         health.health_check,
         positions.resolve_bot,
         positions.reserve_position,
         positions.position_status,
         watch.ensure_price_watcher,
+        maintenance.reconcile_paper,
+        maintenance.cleanup_phantom_shorts,
     ]
 
 
@@ -39,4 +43,5 @@ def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
         positions.close_position,
         positions.observe_position,
         watch.check_aged_exits,
+        MaintenanceActivities(deps).sync_account,
     ]

@@ -302,6 +302,93 @@ async def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_sync(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    if bool(args.exchange) != bool(args.account):
+        raise InvalidInput("give both --exchange and --account, or neither (all live-exchange accounts)")
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        reports = await client.sync(args.exchange, args.account)
+    if args.json:
+        print(to_json(reports))
+        return EXIT_OK
+    rows = [r.model_dump() | r.found | {"told": r.told, "unmanaged": len(r.unmanaged)} for r in reports]
+    print(table(rows, ["exchange", "account", "ghost", "quantity_drift", "orphan", "told", "unmanaged", "run_id"]))
+    for report in reports:
+        for orphan in report.orphans:
+            print(f"orphan on {report.exchange}/{report.account} (not adopted, not closed): {orphan}")
+    return EXIT_OK
+
+
+def _print_report(report: Any, as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        print(to_json(report))
+        return
+    for line in report.debug:
+        print(f"debug: {line}")
+    mode = report.mode.replace("_", " ")
+    print(
+        f"{report.kind} ({mode}), run {report.run_id}: "
+        + (", ".join(f"{k} {v}" for k, v in report.found.items()) or "nothing found")
+    )
+    if report.rows:
+        print(table(report.rows, columns))
+    if report.mode == "dry_run" and report.rows:
+        print(
+            "dry run: nothing was changed"
+            + (f" (repair with {'--fix' if 'reconcile' in report.kind else '--confirm'})")
+        )
+    elif report.repaired:
+        print(f"repaired {report.repaired}, audited; running workflows told: {report.told}")
+
+
+async def cmd_reconcile(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        report = await client.reconcile_paper(fix=args.fix, debug=args.debug, actor=actor())
+    _print_report(report, args.json, ["kind", "position_id", "paper_id", "action"])
+    return EXIT_OK
+
+
+async def cmd_cleanup(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        report = await client.cleanup_phantom_shorts(confirm=args.confirm, debug=args.debug, actor=actor())
+    _print_report(
+        report,
+        args.json,
+        ["short_id", "long_id", "bot", "symbol", "short_quantity", "entry_price", "size_usd", "gap_seconds"],
+    )
+    return EXIT_OK
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from egis import schedules
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args)) as client:
+        temporal, queue = client.require_temporal(), client.settings.task_queue
+        if args.schedules_command == "install":
+            options = schedules.Options(
+                sync_every=timedelta(seconds=args.sync_every),
+                reconcile_fix=args.reconcile_fix,
+                cleanup_confirm=args.cleanup_confirm,
+            )
+            for sid, outcome in await schedules.install(temporal, queue, await client.live_accounts(), options):
+                print(f"{outcome:8} {sid}")
+        elif args.schedules_command == "list":
+            rows = await schedules.list_schedules(temporal, queue)
+            print(to_json(rows) if args.json else table(rows, ["id", "paused", "runs", "last_run", "next_run", "note"]))
+        else:
+            sid = await schedules.control(temporal, queue, args.name, args.schedules_command)
+            print(f"{args.schedules_command}: {sid}")
+    return EXIT_OK
+
+
 async def cmd_health(args: argparse.Namespace) -> int:
     from egis.client import EgisClient
 
@@ -419,6 +506,49 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     show.add_argument("position")
     show.set_defaults(func=cmd_show)
+
+    sync = sub.add_parser("sync", help="exchange sync now: ghosts, orphans, quantity drift (one request per account)")
+    _common(sync)
+    sync.add_argument("--exchange", choices=["binanceusdm", "bybit"])
+    sync.add_argument("--account")
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(func=cmd_sync)
+
+    reconcile = sub.add_parser("reconcile", help="reconciliation jobs")
+    reconcile_sub = reconcile.add_subparsers(dest="reconcile_command", required=True, parser_class=_Parser)
+    paper = reconcile_sub.add_parser("paper", help="positions vs paper_positions (DB only); dry run by default")
+    _common(paper)
+    paper.add_argument("--fix", action="store_true", help="repair every mismatch (audited)")
+    paper.add_argument("--debug", action="store_true", help="print the reasoning for each row")
+    paper.add_argument("--json", action="store_true")
+    paper.set_defaults(func=cmd_reconcile)
+
+    cleanup = sub.add_parser("cleanup", help="data cleanup jobs")
+    cleanup_sub = cleanup.add_subparsers(dest="cleanup_command", required=True, parser_class=_Parser)
+    shorts = cleanup_sub.add_parser("phantom-shorts", help="seed 000's phantom SHORTs; dry run by default")
+    _common(shorts)
+    shorts.add_argument("--confirm", action="store_true", help="close the matches (phantom_cleanup; rows kept)")
+    shorts.add_argument("--debug", action="store_true", help="say for each candidate why it matched or not")
+    shorts.add_argument("--json", action="store_true")
+    shorts.set_defaults(func=cmd_cleanup)
+
+    sched = sub.add_parser("schedules", help="Temporal Schedules for the maintenance workflows")
+    sched_sub = sched.add_subparsers(dest="schedules_command", required=True, parser_class=_Parser)
+    install = sched_sub.add_parser("install", help="create or update (idempotent)")
+    _common(install)
+    install.add_argument("--sync-every", type=int, default=15, help="seconds between exchange syncs")
+    install.add_argument("--reconcile-fix", action="store_true", help="scheduled reconciliation repairs")
+    install.add_argument("--cleanup-confirm", action="store_true", help="scheduled cleanup closes phantoms")
+    install.set_defaults(func=cmd_schedules)
+    listing = sched_sub.add_parser("list")
+    _common(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_schedules)
+    for action in ("pause", "unpause", "trigger"):
+        p = sched_sub.add_parser(action)
+        _common(p)
+        p.add_argument("name", help="schedule id, or its suffix (e.g. reconcile-paper)")
+        p.set_defaults(func=cmd_schedules)
 
     simulator = sub.add_parser("simulator", help="run a local exchange simulator (tests, demo; never production)")
     simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])

@@ -18,6 +18,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -56,10 +59,15 @@ from egis.models import (
     BudgetView,
     CloseRequest,
     CloseResult,
+    Exchange,
     HealthReport,
+    MaintenanceInput,
+    MaintenanceReport,
     OpenPositionInput,
     PositionView,
     PositionWorkflowInput,
+    SyncInput,
+    SyncReport,
     position_workflow_id,
 )
 from egis.temporal import connect
@@ -151,6 +159,11 @@ class EgisClient:
                 except WorkflowFailureError as exc:
                     raise _typed(exc) from None
             view = await handle.query(PositionWorkflow.state)
+            if view.status == "rejected":  # the workflow is failing with the reason: raise it
+                try:
+                    await handle.result()
+                except WorkflowFailureError as exc:
+                    raise _typed(exc) from None
             if view.status != "opening":
                 return view
             if asyncio.get_running_loop().time() > deadline:
@@ -201,10 +214,64 @@ class EgisClient:
         """Positions from the database (the single source of truth), newest first."""
         return await self.store.list_positions(bot=bot, status=status, limit=limit)
 
+    # ------------------------------------------------------------ maintenance
+    async def require_worker(self, wait: float = 10.0) -> None:
+        """Refuse (instead of waiting forever on a job nobody runs) when no worker polls the main
+        task queue within `wait` seconds; a worker that is just starting gets that long."""
+        request = DescribeTaskQueueRequest(
+            namespace=self.require_temporal().namespace,
+            task_queue=TaskQueue(name=self.settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            response = await self.require_temporal().workflow_service.describe_task_queue(request)
+            if response.pollers or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if not response.pollers:
+            raise StackError(
+                f"no worker is polling task queue {self.settings.task_queue!r}: start one with `egis dev up` "
+                "or `python worker.py`"
+            )
+
+    async def run_job(self, workflow: str, arg: Any, result_type: type[Any], *, timeout: float = 300.0) -> Any:
+        """Run a maintenance workflow now, through the worker, and return its report."""
+        await self.require_worker()
+        return await self.require_temporal().execute_workflow(
+            workflow,
+            arg,
+            id=f"{workflow}-manual-{uuid.uuid4().hex[:10]}",
+            task_queue=self.settings.task_queue,
+            result_type=result_type,
+            execution_timeout=timedelta(seconds=timeout),
+        )
+
+    async def live_accounts(self) -> list[tuple[Exchange, str]]:
+        """Exchange accounts (not paper) that bots trade on: the ones exchange sync covers."""
+        bots = await self.list_bots()
+        return sorted({(b.exchange, b.account) for b in bots if b.exchange is not Exchange.PAPER})
+
+    async def sync(self, exchange: Exchange | None = None, account: str | None = None) -> list[SyncReport]:
+        accounts = [(exchange, account)] if exchange and account else await self.live_accounts()
+        return [
+            await self.run_job("ExchangeSyncWorkflow", SyncInput(exchange=ex, account=acct, actor="cli"), SyncReport)
+            for ex, acct in accounts
+        ]
+
+    async def reconcile_paper(self, *, fix: bool, debug: bool, actor: str) -> MaintenanceReport:
+        request = MaintenanceInput(apply=fix, debug=debug, actor=actor)
+        return await self.run_job("PaperReconcileWorkflow", request, MaintenanceReport)
+
+    async def cleanup_phantom_shorts(self, *, confirm: bool, debug: bool, actor: str) -> MaintenanceReport:
+        request = MaintenanceInput(apply=confirm, debug=debug, actor=actor)
+        return await self.run_job("PhantomCleanupWorkflow", request, MaintenanceReport)
+
     # ------------------------------------------------------------ health
     async def health(self, timeout: float = 30.0) -> HealthReport:
         from workflows.health import HealthWorkflow
 
+        await self.require_worker(wait=timeout)
         return await self.require_temporal().execute_workflow(
             HealthWorkflow.run,
             id=f"health-{uuid.uuid4().hex[:12]}",

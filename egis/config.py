@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     # behaviour
     watch_tick_seconds: float = 5.0
-    sync_interval_seconds: int = 15
+    sync_grace_seconds: float = 10.0  # exchange sync leaves positions younger than this alone
     log_level: str = "INFO"
 
     @property

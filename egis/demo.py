@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import func
+
 from egis.client import EgisClient
 from egis.config import Settings
+from egis.db.schema import positions
 from egis.errors import DuplicateBot, EgisError
 from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
 from egis.models import AgedPolicy, BotSpec, CloseRequest, Exchange, OpenPositionInput
@@ -166,6 +169,73 @@ async def manual_close_by_signal(demo: Demo) -> None:
     )
 
 
+async def seed_000_phantom_cleanup(demo: Demo) -> None:
+    """Plant the row seed 000's bug used to write (a SHORT mirroring the long's close), then heal."""
+    bot = "demo-binance"
+    long = next(p for p in await demo.client.positions(bot=bot) if p["side"] == "long" and p["status"] == "closed")
+    async with demo.client.engine.begin() as conn:
+        await conn.execute(
+            positions.insert().values(
+                uid=f"legacy{demo.run_id}",
+                bot=bot,
+                exchange="binanceusdm",
+                account=long["account"],
+                symbol=long["symbol"],
+                side="short",
+                status="open",
+                quantity=0,
+                entry_price=long["exit_price"],
+                size_usd=long["size_usd"],
+                created_at=long["closed_at"],
+                opened_at=long["closed_at"],
+            )
+        )
+    dry = await demo.client.cleanup_phantom_shorts(confirm=False, debug=False, actor=ACTOR)
+    fixed = await demo.client.cleanup_phantom_shorts(confirm=True, debug=False, actor=ACTOR)
+    again = await demo.client.cleanup_phantom_shorts(confirm=False, debug=False, actor=ACTOR)
+    ok = dry.found["phantom_short"] >= 1 and fixed.repaired == dry.found["phantom_short"] and not again.rows
+    demo.report(
+        "seed 000: legacy phantom SHORT cleanup",
+        "dry run finds it, --confirm closes it (row kept, audited), a rerun finds nothing",
+        f"dry run found {dry.found['phantom_short']}, --confirm closed {fixed.repaired}, rerun found {len(again.rows)}",
+        ok,
+    )
+
+
+async def seed_000_paper_drift(demo: Demo) -> None:
+    """Plant paper drift (an internal position the paper exchange never held), then reconcile."""
+    bot = "demo-paper"
+    async with demo.client.engine.begin() as conn:
+        await conn.execute(
+            positions.insert().values(
+                uid=f"drift{demo.run_id}",
+                bot=bot,
+                exchange="paper",
+                account=ACCOUNTS[Exchange.PAPER],
+                symbol="SOLUSDT",
+                side="long",
+                status="open",
+                quantity=D(2),
+                entry_price=D(150),
+                size_usd=D("1000.01"),
+                opened_at=func.now(),
+            )
+        )
+    drifted = await demo.client.budget(bot)
+    dry = await demo.client.reconcile_paper(fix=False, debug=False, actor=ACTOR)
+    fixed = await demo.client.reconcile_paper(fix=True, debug=False, actor=ACTOR)
+    again = await demo.client.reconcile_paper(fix=False, debug=False, actor=ACTOR)
+    healed = await demo.client.budget(bot)
+    ok = drifted.available_usd < 0 and sum(dry.found.values()) >= 1 and not again.found and healed.available_usd >= 0
+    demo.report(
+        "seed 000: paper drift, negative budget",
+        "reconcile finds the drift, --fix repairs it, the budget is positive again",
+        f"available ${drifted.available_usd} -> found {dry.found} -> repaired {fixed.repaired} -> "
+        f"available ${healed.available_usd}; rerun found {again.found or 'nothing'}",
+        ok,
+    )
+
+
 async def _final_row(demo: Demo, position_id: int) -> dict[str, Any] | None:
     row = next(p for p in await demo.client.positions() if p["id"] == position_id)
     return row if row["status"] in ("closed", "failed") else None
@@ -181,7 +251,14 @@ async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float) -> Any:
     return None
 
 
-SCENARIOS = [seed_000_no_phantom_short, seed_003_ghost_at_aged_close, quantity_mismatch, manual_close_by_signal]
+SCENARIOS = [
+    seed_000_no_phantom_short,
+    seed_003_ghost_at_aged_close,
+    quantity_mismatch,
+    manual_close_by_signal,
+    seed_000_phantom_cleanup,
+    seed_000_paper_drift,
+]
 
 
 # ---------------------------------------------------------------- stack

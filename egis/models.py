@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from temporalio.common import SearchAttributeKey
@@ -408,6 +408,45 @@ class TickersInput(BaseModel):
 class ExitTrigger(BaseModel):
     phase: str
     price: Decimal | None = None
+
+
+# ---------------------------------------------------------------- maintenance
+class SyncInput(BaseModel):
+    exchange: Exchange
+    account: str
+    actor: str = "schedule"
+
+
+class SyncReport(BaseModel):
+    run_id: int
+    exchange: Exchange
+    account: str
+    found: dict[str, int]
+    ghosts: list[dict[str, Any]] = Field(default_factory=list)
+    drifts: list[dict[str, Any]] = Field(default_factory=list)
+    orphans: list[dict[str, Any]] = Field(default_factory=list)
+    told: int = 0
+    unmanaged: list[int] = Field(default_factory=list)  # findings whose workflow is not running
+
+
+class MaintenanceInput(BaseModel):
+    """Paper reconciliation (`apply` = --fix) and phantom-short cleanup (`apply` = --confirm)."""
+
+    apply: bool = False
+    debug: bool = False
+    actor: str = "schedule"
+
+
+class MaintenanceReport(BaseModel):
+    run_id: int
+    kind: str
+    mode: str
+    found: dict[str, int]
+    rows: list[dict[str, Any]] = Field(default_factory=list)
+    debug: list[str] = Field(default_factory=list)
+    repaired: int = 0
+    to_tell: list[str] = Field(default_factory=list)  # workflows of positions a repair closed
+    told: int = 0
 
 
 # ---------------------------------------------------------------- health

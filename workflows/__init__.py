@@ -2,7 +2,15 @@
 sqlalchemy, no ccxt); activities are called by name."""
 
 from workflows.health import HealthWorkflow
+from workflows.maintenance import ExchangeSyncWorkflow, PaperReconcileWorkflow, PhantomCleanupWorkflow
 from workflows.position import PositionWorkflow
 from workflows.price_watch import PriceWatchWorkflow
 
-ALL_WORKFLOWS = [HealthWorkflow, PositionWorkflow, PriceWatchWorkflow]
+ALL_WORKFLOWS = [
+    HealthWorkflow,
+    PositionWorkflow,
+    PriceWatchWorkflow,
+    ExchangeSyncWorkflow,
+    PaperReconcileWorkflow,
+    PhantomCleanupWorkflow,
+]

@@ -136,6 +136,11 @@ positions = Table(
         postgresql_where=text("side = 'short' AND status = 'open'"),
     ),
     Index(
+        "ix_positions_live_paper",
+        "id",
+        postgresql_where=text("exchange = 'paper' AND status IN ('open', 'closing')"),
+    ),
+    Index(
         "ix_positions_closed_longs",
         "bot",
         "symbol",
@@ -212,6 +217,7 @@ paper_positions = Table(
     CheckConstraint("status IN ('open', 'closed')", name="status"),
     CheckConstraint("quantity >= 0", name="quantity_not_negative"),
     Index("ix_paper_positions_account_status", "account", "status"),
+    Index("ix_paper_positions_open", "position_id", postgresql_where=text("status = 'open'")),
 )
 
 paper_fills = Table(

@@ -51,6 +51,11 @@ class SimulatorControl:
         self._base_url = base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def base_url(self) -> str:
+        """The simulator's base URL (what ccxt and account files point at)."""
+        return self._base_url
+
     async def __aenter__(self) -> SimulatorControl:
         self._session = aiohttp.ClientSession()
         return self

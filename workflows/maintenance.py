@@ -1,0 +1,95 @@
+"""Scheduled maintenance workflows (Temporal Schedules; `egis schedules install`), also run on
+demand from the CLI.
+
+- ExchangeSyncWorkflow (per exchange account, every 15 s): one positions request; ghosts and
+  quantity drifts are signalled to their position workflows, which stay the only writers of
+  their positions; orphans are reported, never adopted or closed.
+- PaperReconcileWorkflow: `positions` against `paper_positions` (DB only), dry run unless
+  `apply`; positions a repair closed are told.
+- PhantomCleanupWorkflow: seed 000's phantom SHORTs, dry run unless `apply`; the same.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from egis.models import (
+        ExternalClose,
+        MaintenanceInput,
+        MaintenanceReport,
+        SyncHint,
+        SyncInput,
+        SyncReport,
+        account_task_queue,
+    )
+
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
+
+
+async def _tell(workflow_id: str, signal: str, payload: object) -> bool:
+    """Signal a position workflow; False when it is not running (already finished, or none)."""
+    try:
+        await workflow.get_external_workflow_handle(workflow_id).signal(signal, payload)
+        return True
+    except Exception as exc:  # not found / already completed
+        workflow.logger.info("could not signal %s: %s", workflow_id, exc)
+        return False
+
+
+@workflow.defn
+class ExchangeSyncWorkflow:
+    @workflow.run
+    async def run(self, request: SyncInput) -> SyncReport:
+        report = await workflow.execute_activity(
+            "sync_account",
+            request,
+            result_type=SyncReport,
+            task_queue=account_task_queue(workflow.info().task_queue, request.exchange, request.account),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RETRY,
+        )
+        told, unmanaged = 0, []
+        for ghost in report.ghosts:
+            if ghost["workflow_id"] and await _tell(ghost["workflow_id"], "sync_hint", SyncHint(kind="ghost")):
+                told += 1
+            else:
+                unmanaged.append(ghost["position_id"])
+        for drift in report.drifts:
+            hint = SyncHint(kind="quantity_drift", observed_quantity=drift["exchange"])
+            if drift["workflow_id"] and await _tell(drift["workflow_id"], "sync_hint", hint):
+                told += 1
+            else:
+                unmanaged.append(drift["position_id"])
+        return report.model_copy(update={"told": told, "unmanaged": unmanaged})
+
+
+async def _maintain(activity_name: str, request: MaintenanceInput, reason: str) -> MaintenanceReport:
+    report = await workflow.execute_activity(
+        activity_name,
+        request,
+        result_type=MaintenanceReport,
+        start_to_close_timeout=timedelta(minutes=10),
+        retry_policy=RETRY,
+    )
+    told = 0
+    for workflow_id in report.to_tell:
+        told += await _tell(workflow_id, "external_close", ExternalClose(reason=reason))
+    return report.model_copy(update={"told": told})
+
+
+@workflow.defn
+class PaperReconcileWorkflow:
+    @workflow.run
+    async def run(self, request: MaintenanceInput) -> MaintenanceReport:
+        return await _maintain("reconcile_paper", request, "reconcile_paper")
+
+
+@workflow.defn
+class PhantomCleanupWorkflow:
+    @workflow.run
+    async def run(self, request: MaintenanceInput) -> MaintenanceReport:
+        return await _maintain("cleanup_phantom_shorts", request, "phantom_cleanup")
