@@ -9,9 +9,7 @@ Python bots can skip the CLI and use the typed client directly: `from egis.clien
 
 from __future__ import annotations
 
-import sys
-
-from egis.cli import main
+from egis.cli import entrypoint
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

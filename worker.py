@@ -30,6 +30,7 @@ from temporalio.worker import Worker
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
 from egis import faults
+from egis.cli import hard_exit
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
@@ -152,8 +153,15 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    code = 0
+    try:
         asyncio.run(_main())
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        log.exception("worker failed")
+        code = 1
+    hard_exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -574,5 +576,20 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: args.func(args))
 
 
+def hard_exit(code: int) -> None:
+    """Flush and leave without interpreter finalization: the Temporal SDK's native core can
+    abort in it (temporalio sdk-python#300, "PyGILState_Release"), turning a success into exit
+    code 134. Every entry point ends here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entrypoint() -> None:
+    """The `egis` console script and `python starter.py`."""
+    hard_exit(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()
