@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
-from egis import faults
+from egis import faults, redact
 from egis.cli import hard_exit
 from egis.config import Settings
 from egis.db import migrate
@@ -145,6 +145,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -91,7 +91,18 @@ def run(coro_fn: Callable[[], Awaitable[int | None]]) -> int:
         if _is_unreachable(exc):
             print(f"error: cannot reach a server: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        raise
+        return _unexpected(exc)
+    except Exception as exc:
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """Anything we did not foresee is still one line (EGIS_DEBUG=1 shows the traceback)."""
+    if os.environ.get("EGIS_DEBUG"):
+        raise exc
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    print(f"error: unexpected {type(exc).__name__}: {first} (set EGIS_DEBUG=1 for details)", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def _is_unreachable(exc: BaseException) -> bool:

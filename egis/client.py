@@ -172,7 +172,9 @@ class EgisClient:
 
     async def workflow_id_of(self, position: str) -> str:
         """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""
-        if position.isdigit():
+        if position.isascii() and position.isdigit():
+            if not 0 < int(position) < 2**63:
+                raise InvalidInput(f"position id {position} is out of range")
             row = await self.store.get_position(int(position))
             if not row["workflow_id"]:
                 raise PositionNotFound(f"position {position} has no workflow (imported from a legacy system)")

@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from temporalio.common import SearchAttributeKey
@@ -405,8 +405,10 @@ class TickersInput(BaseModel):
     symbols: list[str]
 
 
-class ExitTrigger(BaseModel):
-    phase: str
+class ExitTrigger(Strict):
+    """From the price watcher: an aged position reached its phase's target."""
+
+    phase: Literal["grace", "progressive", "expired"]
     price: Decimal | None = None
 
 

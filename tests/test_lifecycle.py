@@ -273,3 +273,26 @@ async def test_workflow_input_that_fails_validation_fails_the_workflow(h: Harnes
         await handle.result()
     assert "invalid symbol" in str(info.value.cause)
     assert await db_positions(h) == []
+
+
+async def test_invariants_hold_after_mixed_lifecycles(h: Harness, sim_control: SimulatorControl) -> None:
+    """The chaos suite's invariant checker, on an undisturbed run: it must find nothing."""
+
+    for exchange, symbol in (
+        (Exchange.BINANCEUSDM, "BTCUSDT"),
+        (Exchange.BYBIT, "ETHUSDT"),
+        (Exchange.PAPER, "SOLUSDT"),
+    ):
+        bot = await h.bot(exchange)
+        view = await h.open(bot, symbol=symbol, usd="300")
+        if exchange is Exchange.BYBIT:
+            await sim_control.close_position(SIM_KEYS["bybit"][0], symbol)  # a ghost
+        await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    keys = {"sim-binance": SIM_KEYS["binanceusdm"][0], "sim-bybit": SIM_KEYS["bybit"][0]}
+    assert await eventually(lambda: _no_violations(h, sim_control, keys), timeout=20)
+
+
+async def _no_violations(h: Harness, sim_control: SimulatorControl, keys: dict[str, str]) -> bool:
+    from chaos import invariants
+
+    return await invariants.check(h.deps.engine, sim_control, keys, h.temporal, h.queue) == []

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import Deps
+from chaos import invariants
 from egis import schedules
 from egis.db import maintenance as mdb
 from egis.db.schema import audit_events, bots, maintenance_runs, paper_positions, positions
@@ -82,6 +83,10 @@ async def test_sync_closes_a_ghost_without_orders_and_reports_an_orphan(
     assert [p["symbol"] for p in await sim_control.positions(key)] == ["ETHUSDT"]  # the orphan is left alone
     runs = await table_rows(h.deps.engine, maintenance_runs)
     assert runs[-1]["kind"] == "exchange_sync" and runs[-1]["found"]["orphan"] == 1
+    violations = await invariants.check(h.deps.engine, sim_control, {"sim-bybit": key})
+    # exactly the orphan we planted: its position on the exchange, and its order unknown to us
+    assert sorted(v.invariant for v in violations) == ["agrees_with_exchange", "one_order_per_client_id"]
+    assert "ETHUSDT" in str(violations) and "by-hand" in str(violations)
 
 
 async def _closed(h: Harness, position_id: int) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
+from chaos import invariants
 from egis.client import EgisClient
 from egis.config import Settings
 from egis.db.schema import orders, positions
@@ -95,3 +96,7 @@ async def test_worker_killed_between_exchange_fill_and_db_write(
             close_order = (await conn.execute(select(orders).where(orders.c.intent == "close"))).mappings().one()
         assert row["status"] == "closed" and row["exit_price"] == D("60000")
         assert close_order["status"] == "filled" and close_order["submissions"] == 1
+        violations = await invariants.check(
+            client.engine, sim_control, {"sim-binance": key}, temporal_env.client, queue
+        )
+        assert violations == []

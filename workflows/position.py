@@ -68,6 +68,15 @@ LIVE = (PositionStatus.OPENING, PositionStatus.OPEN)
 ENDED = ("closed", "failed", "rejected")
 
 
+def _is(value: object, model: type, handler: str) -> bool:
+    """Handlers never raise: a payload that is not the expected model (JSON null decodes to
+    None, bypassing validation) is logged and ignored instead of failing every workflow task."""
+    if isinstance(value, model):
+        return True
+    workflow.logger.warning("%s: ignored a payload that is not a %s: %r", handler, model.__name__, value)
+    return False
+
+
 @workflow.defn
 class PositionWorkflow:
     @workflow.init
@@ -132,6 +141,8 @@ class PositionWorkflow:
 
     @request_close.validator
     def _validate_close(self, request: CloseRequest) -> None:
+        if not isinstance(request, CloseRequest):
+            raise ValueError('invalid close request: expected {"reason": "manual"} (a reason in lowercase words)')
         wid, status = workflow.info().workflow_id, self._s.status
         if status in ("closing", "closed"):
             raise ValueError(f"position {wid} is already {status}")
@@ -143,17 +154,20 @@ class PositionWorkflow:
     @workflow.signal
     def sync_hint(self, hint: SyncHint) -> None:
         """From the exchange-sync job: the exchange disagrees with us; re-read and record."""
-        if self._s.status == PositionStatus.OPEN:
+        if _is(hint, SyncHint, "sync_hint") and self._s.status == PositionStatus.OPEN:
             self._s.pending_hint = hint
 
     @workflow.signal
     def external_close(self, notice: ExternalClose) -> None:
         """From a maintenance job that closed this position's row itself (phantom cleanup, reconcile)."""
-        self._s.pending_external = notice
+        if _is(notice, ExternalClose, "external_close"):
+            self._s.pending_external = notice
 
     @workflow.signal
     def exit_trigger(self, trigger: ExitTrigger) -> None:
         """From the account's price watcher: this aged position reached its phase's target."""
+        if not _is(trigger, ExitTrigger, "exit_trigger"):
+            return
         if self._s.status == PositionStatus.OPEN and self._s.pending_close is None:
             self._s.pending_close = CloseRequest(reason=f"aged_{trigger.phase}")
             self._aged_phase = trigger.phase

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from egis.errors import CredentialsMissing, InvalidInput
 from egis.models import ACCOUNT_RE, Exchange
+from egis.redact import register
 
 
 class PriceSource(BaseModel):
@@ -76,6 +77,10 @@ def load_account(ref: str, exchange: Exchange, accounts_dir: Path) -> AccountCon
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CredentialsMissing(f"account {ref!r}: {first['loc'][0]}: {first['msg']}") from None
+    register(
+        config.api_key.get_secret_value() if config.api_key else None,
+        config.secret.get_secret_value() if config.secret else None,
+    )
     if config.exchange != exchange:
         raise CredentialsMissing(f"account {ref!r} is configured for {config.exchange}, not {exchange}")
     if exchange is not Exchange.PAPER and (config.api_key is None or config.secret is None):

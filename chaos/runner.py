@@ -1,0 +1,386 @@
+"""The chaos runner: drive position lifecycles while killing, cutting and misleading the system,
+then let it quiesce and check the invariants (chaos/invariants.py).
+
+Everything is real: the embedded stack (PostgreSQL, Temporal dev server, a worker subprocess),
+the exchange simulators spoken to by the real ccxt client, and the paper exchange. Lifecycle
+drivers play the bots and the operator (they retry what an operator would retry); the monkey
+injects, at random points: worker kill -9 and restart, PostgreSQL restart, Temporal restart,
+and exchange faults (5xx, timeouts, accept-then-timeout, 429 bursts, misleading 170131 / -2022).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError
+from temporalio.service import RPCError
+
+from chaos import invariants
+from egis import schedules
+from egis.client import EgisClient
+from egis.config import Settings
+from egis.errors import EgisError, InvalidTransition, PositionAlreadyOpen, StackError
+from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
+from egis.models import AgedPolicy, BotSpec, CloseRequest, Exchange, OpenPositionInput
+from egis.rules.sizing import floor_to_step
+from egis.simulator.control import SimulatorControl
+from egis.simulator.server import start_simulator
+from egis.stack.processes import free_port
+from egis.stack.stack import Stack
+
+T = TypeVar("T")
+D = Decimal
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "CLOUDUSDT"]
+USD = {"BTCUSDT": "150", "ETHUSDT": "150", "SOLUSDT": "300", "DOGEUSDT": "50", "CLOUDUSDT": "20"}
+STEPS = {"BTCUSDT": D("0.001"), "ETHUSDT": D("0.001"), "SOLUSDT": D("0.1"), "DOGEUSDT": D(1), "CLOUDUSDT": D(1)}
+START_PRICES = {
+    "BTCUSDT": D(60000),
+    "ETHUSDT": D(3000),
+    "SOLUSDT": D(150),
+    "DOGEUSDT": D("0.2"),
+    "CLOUDUSDT": D("0.13012"),
+}
+KINDS = ["normal", "ghost_manual", "ghost_passive", "aged", "partial"]
+AGED = AgedPolicy(max_age_s=2, grace_s=120, loss_step_pct=D("0.5"), max_loss_pct=D(5), expire_s=600)
+TRANSIENT = (RPCError, StackError, OSError, ConnectionError, DBAPIError, InterfaceError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    lifecycles: int
+    worker_kills: int
+    postgres_restarts: int
+    temporal_restarts: int
+    exchange_faults: int
+    accounts_per_exchange: int = 3
+    concurrency: int = 12
+    seed: int = 7
+
+
+QUICK = ChaosConfig(lifecycles=40, worker_kills=2, postgres_restarts=1, temporal_restarts=1, exchange_faults=12)
+LONG = ChaosConfig(
+    lifecycles=1000, worker_kills=12, postgres_restarts=4, temporal_restarts=3, exchange_faults=300, concurrency=20
+)
+
+
+@dataclass
+class Tally:
+    kinds: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    operator_retries: int = 0
+
+
+async def patient(call: Callable[[], Awaitable[T]], *, seconds: float = 120.0) -> T:
+    """Retry through outages (a restarting Temporal or PostgreSQL) the way a bot would."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except TRANSIENT:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+@dataclass
+class Slot:
+    exchange: Exchange
+    account: str
+    api_key: str | None
+    symbol: str
+
+
+class Chaos:
+    def __init__(self, config: ChaosConfig, client: EgisClient, sim: SimulatorControl, stack: Stack) -> None:
+        self.config = config
+        self.client = client
+        self.sim = sim
+        self.stack = stack
+        self.rng = random.Random(config.seed)
+        self.tally = Tally()
+        self.slots: asyncio.Queue[Slot] = asyncio.Queue()
+        self.api_keys: dict[str, str] = {}
+        self.bots: dict[tuple[str, bool], str] = {}  # (account, aged) -> bot
+        self.run_id = time.strftime("%H%M%S")
+        self.prices = dict(START_PRICES)
+
+    # ------------------------------------------------------------ setup
+    async def setup(self, accounts_dir: Path) -> None:
+        for exchange in (Exchange.BINANCEUSDM, Exchange.BYBIT, Exchange.PAPER):
+            for n in range(self.config.accounts_per_exchange):
+                account = f"chaos-{exchange.value[:5]}-{n}"
+                key = f"chaos-{exchange.value}-{n}-key" if exchange is not Exchange.PAPER else None
+                config = (
+                    AccountConfig(
+                        exchange=exchange, price_source=PriceSource(base_url=self.sim.base_url), timeout_ms=1500
+                    )
+                    if exchange is Exchange.PAPER
+                    else AccountConfig(
+                        exchange=exchange,
+                        api_key=key,
+                        secret="chaos-secret",
+                        base_url=self.sim.base_url,
+                        timeout_ms=1500,
+                    )
+                )
+                write_account(accounts_dir, account, config)
+                if key:
+                    self.api_keys[account] = key
+                for aged in (False, True):
+                    bot = f"{account}-{'aged' if aged else 'plain'}"
+                    await self.client.create_bot(
+                        BotSpec(
+                            name=bot,
+                            exchange=exchange,
+                            account=account,
+                            budget_usd=D(100000),
+                            aged=AGED if aged else None,
+                        ),
+                        actor="chaos",
+                    )
+                    self.bots[(account, aged)] = bot
+                for symbol in SYMBOLS:
+                    self.slots.put_nowait(Slot(exchange, account, key, symbol))
+        await schedules.install(
+            self.client.require_temporal(),
+            self.client.settings.task_queue,
+            await self.client.live_accounts(),
+            schedules.Options(sync_every=timedelta(seconds=3)),
+        )
+
+    # ------------------------------------------------------------ lifecycles
+    async def lifecycle(self, n: int) -> None:
+        kind = KINDS[n % len(KINDS)] if n < len(KINDS) else self.rng.choice(KINDS)
+        slot = await self.slots.get()
+        if slot.exchange is Exchange.PAPER and kind in ("ghost_manual", "ghost_passive", "partial"):
+            kind = "normal"  # the paper exchange has no "behind our back"
+        self.tally.kinds[kind] += 1
+        try:
+            await self._lifecycle(kind, slot, n)
+        finally:
+            self.slots.put_nowait(slot)
+
+    async def _lifecycle(self, kind: str, slot: Slot, n: int) -> None:
+        bot = self.bots[(slot.account, kind == "aged")]
+        ref = f"c{self.run_id}-{n}"
+        request = OpenPositionInput(bot=bot, symbol=slot.symbol, side="long", usd=D(USD[slot.symbol]), ref=ref)
+        view = await self._open(request)
+        if view is None or view.status != "open":
+            self.tally.outcomes["open_refused"] += 1
+            return
+        await asyncio.sleep(self.rng.uniform(0, 1.5))
+        if kind in ("ghost_manual", "ghost_passive") and slot.api_key:
+            await patient(lambda: self.sim.close_position(slot.api_key, slot.symbol))  # type: ignore[arg-type]
+        if kind == "partial" and slot.api_key:  # someone halves it by hand on the exchange
+            half = floor_to_step(view.quantity / 2, STEPS[slot.symbol])
+            if half > 0:
+                await patient(lambda: self.sim.reduce_position(slot.api_key, slot.symbol, half))  # type: ignore[arg-type]
+        if kind == "aged":
+            await patient(lambda: self._nudge_price(slot.symbol))
+        if kind in ("ghost_passive", "aged") and await self._wait_final(view.position_id, 30):
+            self.tally.outcomes[f"{kind}_closed_by_egis"] += 1
+            return
+        await self._close_like_an_operator(view.workflow_id, view.position_id)
+
+    async def _nudge_price(self, symbol: str) -> None:
+        """Prices only drift up, so an aged position reaches its grace (breakeven) target."""
+        self.prices[symbol] = (self.prices[symbol] * D("1.002")).quantize(D("0.00001"))
+        await self.sim.set_price(symbol, self.prices[symbol])
+
+    async def _open(self, request: OpenPositionInput) -> Any:
+        async def attempt() -> Any:
+            try:
+                return await self.client.open_position(request, wait=90)
+            except PositionAlreadyOpen:  # our earlier attempt started it before an outage hid the answer
+                return await self.client.position_state(f"pos-{request.bot}-{request.ref}")
+
+        try:
+            view = await patient(attempt)
+        except EgisError:
+            return None
+        workflow_id = view.workflow_id
+        while view.status == "opening":
+            await asyncio.sleep(0.5)
+            view = await patient(lambda: self.client.position_state(workflow_id))
+        return view
+
+    async def _close_like_an_operator(self, workflow_id: str, position_id: int) -> None:
+        for _ in range(10):
+            if await self._wait_final(position_id, 0):
+                break
+            try:
+                result = await patient(lambda: self.client.close_position(workflow_id, CloseRequest(reason="chaos")))
+                if result is not None and result.status == "closed":
+                    break
+                self.tally.operator_retries += 1  # refused for good (PERMANENT): the operator tries again
+            except InvalidTransition:
+                pass  # already closing (our own earlier request, answered during an outage): wait for it
+            if await self._wait_final(position_id, 20):
+                break
+        self.tally.outcomes["closed" if await self._wait_final(position_id, 60) else "stuck"] += 1
+
+    async def _wait_final(self, position_id: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            row = await patient(lambda: self.client.store.get_position(position_id))
+            if row["status"] in ("closed", "failed"):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------ the monkey
+    async def monkey(self, duration: float) -> None:
+        events = (
+            ["worker_kill"] * self.config.worker_kills
+            + ["postgres_restart"] * self.config.postgres_restarts
+            + ["temporal_restart"] * self.config.temporal_restarts
+            + ["exchange_fault"] * self.config.exchange_faults
+        )
+        self.rng.shuffle(events)
+        times = sorted(self.rng.uniform(2, max(duration, 3)) for _ in events)
+        started = time.monotonic()
+        for at, event in zip(times, events, strict=True):
+            await asyncio.sleep(max(0, started + at - time.monotonic()))
+            await getattr(self, event)()
+
+    async def worker_kill(self) -> None:
+        await self.stack.stop_worker(kill=True)
+        self.tally.faults["worker kill -9"] += 1
+        await asyncio.sleep(self.rng.uniform(0.2, 2))
+        await self.stack.start_worker()
+
+    async def postgres_restart(self) -> None:
+        assert self.stack.postgres is not None
+        await self.stack.postgres.stop()
+        self.tally.faults["postgresql restart"] += 1
+        await asyncio.sleep(self.rng.uniform(0.5, 2))
+        await self.stack.postgres.start()
+
+    async def temporal_restart(self) -> None:
+        assert self.stack.temporal is not None
+        await self.stack.temporal.stop()
+        self.tally.faults["temporal restart"] += 1
+        await asyncio.sleep(self.rng.uniform(0.5, 2))
+        await self.stack.temporal.start()
+
+    async def exchange_fault(self) -> None:
+        account = self.rng.choice(sorted(self.api_keys))
+        key = self.api_keys[account]
+        binance = "binan" in account
+        order = "POST /fapi/v1/order" if binance else "POST /v5/order/create"
+        read = "GET /fapi/v3/positionRisk" if binance else "GET /v5/position/list"
+        misleading = (
+            {"code": -2022, "msg": "ReduceOnly Order is rejected."}
+            if binance
+            else {"code": 170131, "msg": "Insufficient balance."}
+        )
+        choices = {
+            "exchange 5xx": (order, {"kind": "http", "http_status": 503, "body": "Service Unavailable."}),
+            "exchange timeout": (order, {"kind": "timeout", "seconds": 3}),
+            "accept-then-timeout": (order, {"kind": "accept_then_timeout", "seconds": 3}),
+            "429 burst": (order, {"kind": "rate_limit", "count": 4}),
+            "misleading 170131/-2022": (order, {"kind": "error", **misleading}),
+            "position read 5xx": (read, {"kind": "http", "http_status": 502, "body": "Bad Gateway"}),
+        }
+        name = self.rng.choice(sorted(choices))
+        route, fault = choices[name]
+        await patient(lambda: self.sim.add_fault(route, api_key=key, **{"count": 1} | fault))
+        self.tally.faults[name] += 1
+
+
+@dataclass
+class ChaosResult:
+    config: ChaosConfig
+    tally: Tally
+    violations: list[invariants.Violation]
+    quiesce_seconds: float
+    wall_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.tally.outcomes.get("stuck")
+
+
+async def run(config: ChaosConfig) -> ChaosResult:
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="egis-chaos-"))
+    settings = Settings(
+        data_dir=root / ".egis",
+        temporal_port=free_port(),
+        temporal_ui_port=free_port(),
+        postgres_port=free_port(),
+        metrics_port=0,
+        sdk_metrics_port=0,
+        task_queue="chaos",
+        accounts_dir=root / "accounts",
+    )
+    sim_server = await start_simulator()
+    stack = Stack(
+        settings,
+        ui=False,
+        worker_log=root / "worker.log",
+        worker_env={
+            "EGIS_WATCH_TICK_SECONDS": "1",
+            "EGIS_SYNC_GRACE_SECONDS": "3",
+            "EGIS_METRICS_PORT": "0",
+            "EGIS_SDK_METRICS_PORT": "0",
+        },
+    )
+    await stack.start()
+    effective = settings.model_copy(
+        update={"database_url": stack.database_url, "temporal_address": stack.temporal_address}
+    )
+    try:
+        async with EgisClient.from_settings(effective) as client, SimulatorControl(sim_server.base_url) as sim:
+            chaos = Chaos(config, client, sim, stack)
+            await chaos.setup(settings.resolved_accounts_dir)
+            load = asyncio.Semaphore(config.concurrency)
+
+            async def one(n: int) -> None:
+                async with load:
+                    await chaos.lifecycle(n)
+
+            expected = config.lifecycles * 1.2
+            monkey = asyncio.create_task(chaos.monkey(expected))
+            await asyncio.gather(*(one(n) for n in range(config.lifecycles)))
+            await monkey
+            await sim.clear_faults()
+            if stack.worker is None or stack.worker.returncode is not None:
+                await stack.start_worker()
+            load_done = time.monotonic()
+            for row in await schedules.list_schedules(client.require_temporal(), settings.task_queue):
+                await client.require_temporal().get_schedule_handle(row["id"]).delete()
+            violations = await quiesce(client, sim, chaos.api_keys, settings.task_queue)
+            quiesced = time.monotonic() - load_done
+            return ChaosResult(config, chaos.tally, violations, quiesced, time.monotonic() - started)
+    finally:
+        await stack.stop()
+        await sim_server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def quiesce(
+    client: EgisClient, sim: SimulatorControl, api_keys: dict[str, str], queue: str, timeout: float = 120.0
+) -> list[invariants.Violation]:
+    """Wait until the invariants hold (or the timeout passes), then report what still doesn't."""
+    deadline = time.monotonic() + timeout
+    while True:
+        violations = await patient(
+            lambda: invariants.check(client.engine, sim, api_keys, client.require_temporal(), queue)
+        )
+        if not violations or time.monotonic() > deadline:
+            return violations
+        await asyncio.sleep(1)
