@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from egis.db import store
 from egis.db.schema import maintenance_runs, paper_positions, positions
-from egis.db.store import audit, jsonable
+from egis.db.store import jsonable
 from egis.rules import phantom
 from egis.rules.reconcile import Pair
 from egis.rules.sync import OurPosition
@@ -120,28 +120,20 @@ async def paper_mismatches(conn: AsyncConnection) -> list[Pair]:
 async def _flatten_paper(
     conn: AsyncConnection, paper_id: int, exit_price: Decimal | None, *, actor: str, reason: str, run_id: int
 ) -> None:
-    before = (await conn.execute(select(paper_positions).where(paper_positions.c.id == paper_id))).mappings().one()
-    after = (
-        (
-            await conn.execute(
-                update(paper_positions)
-                .where(paper_positions.c.id == paper_id)
-                .values(status="closed", exit_price=exit_price, closed_at=func.now(), updated_at=func.now())
-                .returning(*paper_positions.c)
-            )
-        )
+    before = (
+        (await conn.execute(select(paper_positions).where(paper_positions.c.id == paper_id).with_for_update()))
         .mappings()
         .one()
     )
-    await audit(
+    values = {"status": "closed", "exit_price": exit_price, "closed_at": func.now()}
+    await store.mutate(
         conn,
+        paper_positions,
+        before,
+        values,
         actor=actor,
         action="paper_position_flattened",
         reason=reason,
-        entity="paper_positions",
-        entity_id=paper_id,
-        before=before,
-        after=after,
         run_id=run_id,
     )
 
@@ -206,27 +198,14 @@ async def repair_pair(conn: AsyncConnection, pair: Pair, kind: str, *, actor: st
     elif kind == "price_differs":
         assert pair.position_id is not None
         before = await store.get_position(conn, pair.position_id, lock=True)
-        after = (
-            (
-                await conn.execute(
-                    update(positions)
-                    .where(positions.c.id == pair.position_id)
-                    .values(entry_price=pair.paper_entry, updated_at=func.now())
-                    .returning(*positions.c)
-                )
-            )
-            .mappings()
-            .one()
-        )
-        await audit(
+        await store.mutate(
             conn,
+            positions,
+            before,
+            {"entry_price": pair.paper_entry},
             actor=actor,
             action="entry_price_adjusted",
             reason=why,
-            entity="positions",
-            entity_id=pair.position_id,
-            before=before,
-            after=after,
             run_id=run_id,
         )
     else:

@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import Table, and_, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -97,6 +97,44 @@ async def audit(
     )
 
 
+async def mutate(
+    conn: AsyncConnection,
+    table: Table,
+    before: Mapping[str, Any],
+    values: Mapping[str, Any],
+    *,
+    actor: str,
+    action: str,
+    reason: str,
+    run_id: int | None = None,
+) -> dict[str, Any]:
+    """Update one row (already read and locked as `before`), stamp updated_at, and audit the
+    change with its before and after images, in the caller's transaction. Every automated
+    mutation of bots, positions and paper positions goes through here."""
+    key = next(iter(table.primary_key.columns))
+    after = (
+        (
+            await conn.execute(
+                update(table).where(key == before[key.name]).values(**values, updated_at=func.now()).returning(*table.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    await audit(
+        conn,
+        actor=actor,
+        action=action,
+        reason=reason,
+        entity=table.name,
+        entity_id=before[key.name],
+        before=before,
+        after=after,
+        run_id=run_id,
+    )
+    return dict(after)
+
+
 # ---------------------------------------------------------------- bots
 def _bot_view(row: Mapping[str, Any]) -> BotView:
     aged = None
@@ -167,20 +205,13 @@ async def list_bots(conn: AsyncConnection) -> list[BotView]:
 
 async def set_budget(conn: AsyncConnection, name: str, budget_usd: Decimal, *, actor: str) -> BudgetView:
     """Change a bot's budget; refuses to go below what its live positions already hold."""
-    bot = await get_bot(conn, name, lock=True)
+    await get_bot(conn, name, lock=True)
     view = await budget_view(conn, name)
     if budget_usd < view.reserved_usd:
         raise InvalidInput(f"bot {name!r} has ${view.reserved_usd} in live positions; the budget cannot go below that")
-    await conn.execute(update(bots).where(bots.c.name == name).values(budget_usd=budget_usd, updated_at=func.now()))
-    await audit(
-        conn,
-        actor=actor,
-        action="budget_changed",
-        reason="requested",
-        entity="bots",
-        entity_id=name,
-        before={"budget_usd": bot.budget_usd},
-        after={"budget_usd": budget_usd},
+    before = (await conn.execute(select(bots).where(bots.c.name == name))).mappings().one()
+    await mutate(
+        conn, bots, before, {"budget_usd": budget_usd}, actor=actor, action="budget_changed", reason="requested"
     )
     return await budget_view(conn, name)
 
@@ -430,33 +461,21 @@ async def record_fill(
             "exit_price": after.exit_price,
             "realized_pnl": after.realized_pnl,
             "last_error": None,
-            "updated_at": func.now(),
         }
         if after.status is PositionStatus.OPEN and position["opened_at"] is None:
             changes["opened_at"] = func.now()
         if after.status is PositionStatus.CLOSED:
             changes["closed_at"] = func.now()
             changes["exit_reason"] = exit_reason or "closed"
-        new_position = (
-            (
-                await conn.execute(
-                    update(positions).where(positions.c.id == position["id"]).values(**changes).returning(*positions.c)
-                )
-            )
-            .mappings()
-            .one()
-        )
-        await audit(
+        position = await mutate(
             conn,
+            positions,
+            position,
+            changes,
             actor=actor,
             action=f"{intent.value}_fill",
             reason=exit_reason or f"{intent.value} order filled",
-            entity="positions",
-            entity_id=position["id"],
-            before=position,
-            after=new_position,
         )
-        position = dict(new_position)
     filled = report.filled_quantity if inc is not None else order["filled_quantity"]
     status = OrderStatus.FILLED if filled > 0 else OrderStatus.PENDING
     if 0 < filled < order["quantity"]:
@@ -532,35 +551,13 @@ async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, act
         raise InvalidTransition(f"position {position_id} is {position['status']}, not opening")
     if position["quantity"] > 0:
         raise InvalidTransition(f"position {position_id} already holds {position['quantity']}: it cannot fail")
-    new = (
-        (
-            await conn.execute(
-                update(positions)
-                .where(positions.c.id == position_id)
-                .values(
-                    status=PositionStatus.FAILED.value,
-                    closed_at=func.now(),
-                    exit_reason="open_failed",
-                    last_error=reason[:500],
-                    updated_at=func.now(),
-                )
-                .returning(*positions.c)
-            )
-        )
-        .mappings()
-        .one()
-    )
-    await audit(
-        conn,
-        actor=actor,
-        action="open_failed",
-        reason=reason,
-        entity="positions",
-        entity_id=position_id,
-        before=position,
-        after=new,
-    )
-    return dict(new)
+    values = {
+        "status": PositionStatus.FAILED.value,
+        "closed_at": func.now(),
+        "exit_reason": "open_failed",
+        "last_error": reason[:500],
+    }
+    return await mutate(conn, positions, position, values, actor=actor, action="open_failed", reason=reason)
 
 
 async def begin_close(
@@ -601,33 +598,9 @@ async def begin_close(
         .one()
     )
     if position["status"] != PositionStatus.CLOSING.value:
-        new = await _update_position(conn, position_id, status=PositionStatus.CLOSING.value)
-        await audit(
-            conn,
-            actor=actor,
-            action="close_started",
-            reason=reason,
-            entity="positions",
-            entity_id=position_id,
-            before=position,
-            after=new,
-        )
+        values = {"status": PositionStatus.CLOSING.value}
+        await mutate(conn, positions, position, values, actor=actor, action="close_started", reason=reason)
     return dict(order)
-
-
-async def _update_position(conn: AsyncConnection, position_id: int, **values: Any) -> dict[str, Any]:
-    return dict(
-        (
-            await conn.execute(
-                update(positions)
-                .where(positions.c.id == position_id)
-                .values(**values, updated_at=func.now())
-                .returning(*positions.c)
-            )
-        )
-        .mappings()
-        .one()
-    )
 
 
 async def close_without_order(
@@ -656,29 +629,16 @@ async def close_without_order(
         )
         .values(status=OrderStatus.NOT_SENT.value, updated_at=func.now())
     )
-    new = await _update_position(
-        conn,
-        position_id,
-        status=PositionStatus.CLOSED.value,
-        closed_at=func.now(),
-        exit_reason=exit_reason,
-        exit_price=exit_price,
-        realized_pnl=realized_pnl,
-        closed_quantity=position["quantity"],
-        last_error=None,
-    )
-    await audit(
-        conn,
-        actor=actor,
-        action=exit_reason,
-        reason=why,
-        entity="positions",
-        entity_id=position_id,
-        before=position,
-        after=new,
-        run_id=run_id,
-    )
-    return new
+    values = {
+        "status": PositionStatus.CLOSED.value,
+        "closed_at": func.now(),
+        "exit_reason": exit_reason,
+        "exit_price": exit_price,
+        "realized_pnl": realized_pnl,
+        "closed_quantity": position["quantity"],
+        "last_error": None,
+    }
+    return await mutate(conn, positions, position, values, actor=actor, action=exit_reason, reason=why, run_id=run_id)
 
 
 async def adjust_open_quantity(
@@ -694,19 +654,10 @@ async def adjust_open_quantity(
     position = await get_position(conn, position_id, lock=True)
     if open_quantity <= 0:
         raise InvalidInput("use close_without_order for a position the exchange no longer holds")
-    new = await _update_position(conn, position_id, quantity=position["closed_quantity"] + open_quantity)
-    await audit(
-        conn,
-        actor=actor,
-        action="quantity_adjusted",
-        reason=reason,
-        entity="positions",
-        entity_id=position_id,
-        before=position,
-        after=new,
-        run_id=run_id,
+    values = {"quantity": position["closed_quantity"] + open_quantity}
+    return await mutate(
+        conn, positions, position, values, actor=actor, action="quantity_adjusted", reason=reason, run_id=run_id
     )
-    return new
 
 
 async def reopen_after_failed_close(
@@ -716,18 +667,8 @@ async def reopen_after_failed_close(
     position = await get_position(conn, position_id, lock=True)
     if position["status"] != PositionStatus.CLOSING.value:
         return position
-    new = await _update_position(conn, position_id, status=PositionStatus.OPEN.value, last_error=error[:500])
-    await audit(
-        conn,
-        actor=actor,
-        action="close_failed",
-        reason=error,
-        entity="positions",
-        entity_id=position_id,
-        before=position,
-        after=new,
-    )
-    return new
+    values = {"status": PositionStatus.OPEN.value, "last_error": error[:500]}
+    return await mutate(conn, positions, position, values, actor=actor, action="close_failed", reason=error)
 
 
 async def list_positions(
