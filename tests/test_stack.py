@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+from temporalio.testing import WorkflowEnvironment
 
 from egis.client import EgisClient
 from egis.config import Settings
@@ -132,3 +133,41 @@ def test_dev_up_refuses_a_locked_data_dir(tmp_path: Path) -> None:
         lock.release()
     assert proc.returncode == 3
     assert f"is locked by another run (pid {os.getpid()})" in out
+
+
+def configured_dev_up(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "egis.cli", "dev", "up", "--data-dir", str(data_dir), "--metrics-port", "0"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+async def test_dev_up_with_configured_servers_starts_neither(
+    tmp_path: Path, database_url: str, temporal_env: WorkflowEnvironment
+) -> None:
+    """DATABASE_URL and TEMPORAL_ADDRESS set: no PostgreSQL, no Temporal is started; migrations
+    and the worker run against the configured servers."""
+    address = temporal_env.client.service_client.config.target_host
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": address,
+        "EGIS_TASK_QUEUE": "configured",
+        "EGIS_SDK_METRICS_PORT": "0",
+    }
+    proc = configured_dev_up(tmp_path / ".egis", env)
+    try:
+        lines = wait_for_line(proc, "worker metrics")
+        output = "\n".join(lines)
+        assert f"DATABASE_URL      {database_url}" in output and f"TEMPORAL_ADDRESS  {address}" in output
+        assert "web UI" not in output
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "postgres -D" not in names and "temporal server" not in names and "worker" in names
+        settings = Settings(database_url=database_url, temporal_address=address, task_queue="configured")
+        async with EgisClient.from_settings(settings) as client:
+            report = await client.health(timeout=60)
+        assert report.migrations_head is not None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
