@@ -14,8 +14,8 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.common import gateway_for, read_failure
 from activities.deps import Deps
-from activities.positions import PositionActivities
 from egis import metrics
 from egis.db import maintenance as mdb
 from egis.exchanges.base import ExchangeCallError
@@ -33,12 +33,11 @@ class MaintenanceActivities:
     @activity.defn(name="sync_account")
     async def sync_account(self, request: SyncInput) -> SyncReport:
         """Compare the account's open positions with ours: ONE positions request per account."""
-        positions_api = PositionActivities(self.deps)
-        gateway = await positions_api._gateway(request.exchange, request.account)
+        gateway = await gateway_for(self.deps, request.exchange, request.account)
         try:
             theirs = await gateway.fetch_positions()
         except ExchangeCallError as exc:
-            raise positions_api._read_failure(exc) from None
+            raise read_failure(exc) from None
         async with self.deps.engine.connect() as conn:
             ours = await mdb.account_positions(conn, request.exchange.value, request.account)
         steps = {p.symbol: (await gateway.market(p.symbol)).amount_step for p in ours}

@@ -13,10 +13,7 @@ Exchange errors go through the classification table (egis.rules.classify):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import gateway_for, heartbeating, read_failure, transient, typed_failure
 from activities.deps import Deps
 from egis import faults, metrics
 from egis.db import store as db
@@ -55,31 +53,6 @@ from egis.rules.exits import ClosingTrade, exit_from_trades
 from egis.rules.sizing import quantities_differ, quantity_for_usd
 
 log = logging.getLogger("egis.activities")
-
-
-def typed_failure(exc: EgisError) -> ApplicationError:
-    """Our typed refusals cross Temporal as non-retryable ApplicationErrors with the class name."""
-    return ApplicationError(exc.message, exc.details, type=exc.code, non_retryable=True)
-
-
-def transient(exc: ExchangeCallError, reason: str) -> ApplicationError:
-    return ApplicationError(f"{reason}: {exc}", type="TransientExchangeError", non_retryable=False)
-
-
-@contextlib.asynccontextmanager
-async def heartbeating(every: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat while the body runs, so a dead worker is noticed within the heartbeat timeout."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(every)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 def _actor() -> str:
@@ -115,10 +88,7 @@ class PositionActivities:
 
     # ------------------------------------------------------------ account queues (exchange I/O)
     async def _gateway(self, exchange: Exchange, account: str) -> Gateway:
-        try:
-            return await self.deps.gateways.get(exchange, account)
-        except EgisError as exc:
-            raise typed_failure(exc) from None
+        return await gateway_for(self.deps, exchange, account)
 
     @activity.defn(name="plan_open")
     async def plan_open(self, request: PlanOpenInput) -> OpenPlan:
@@ -128,7 +98,7 @@ class PositionActivities:
             rules = await gateway.market(request.symbol)
             price = (await gateway.fetch_tickers([request.symbol])).get(request.symbol)
         except ExchangeCallError as exc:
-            raise self._read_failure(exc) from None
+            raise read_failure(exc) from None
         except EgisError as exc:
             raise typed_failure(exc) from None
         if price is None:
@@ -139,13 +109,6 @@ class PositionActivities:
             raise typed_failure(exc) from None
         return OpenPlan(quantity=quantity, price=price, amount_step=rules.amount_step)
 
-    @staticmethod
-    def _read_failure(exc: ExchangeCallError) -> ApplicationError:
-        verdict = exc.classify("read")
-        if verdict.outcome is ErrorClass.TRANSIENT:
-            return transient(exc, verdict.reason)
-        return ApplicationError(f"{verdict.reason}: {exc}", type="ExchangeRejected", non_retryable=True)
-
     @activity.defn(name="fetch_prices")
     async def fetch_prices(self, request: TickersInput) -> dict[str, Decimal]:
         """Last prices of many symbols of one account in ONE exchange request."""
@@ -153,7 +116,7 @@ class PositionActivities:
         try:
             return await gateway.fetch_tickers(request.symbols)
         except ExchangeCallError as exc:
-            raise self._read_failure(exc) from None
+            raise read_failure(exc) from None
 
     @activity.defn(name="place_open_order")
     async def place_open_order(self, request: PlaceOrderInput) -> OrderOutcome:
@@ -191,7 +154,7 @@ class PositionActivities:
         try:
             report = await gateway.find_order(order["symbol"], order["client_order_id"])
         except ExchangeCallError as exc:
-            raise self._read_failure(exc) from None
+            raise read_failure(exc) from None
         if report is not None and report.filled_quantity > 0:
             return await self._record(gateway, order, report)
         await self.deps.store.fail_open(order["position_id"], "open order never confirmed", actor=_actor())
@@ -234,7 +197,7 @@ class PositionActivities:
             try:
                 found = await gateway.find_order(order["symbol"], order["client_order_id"])
             except ExchangeCallError as exc:
-                raise self._read_failure(exc) from None
+                raise read_failure(exc) from None
             if found is not None and found.filled_quantity > 0:
                 return await self._record(gateway, order, found, exit_reason)
         request = OrderRequest(
@@ -281,7 +244,7 @@ class PositionActivities:
         try:
             found = await gateway.find_order(order["symbol"], order["client_order_id"])
         except ExchangeCallError as read_exc:
-            raise self._read_failure(read_exc) from None
+            raise read_failure(read_exc) from None
         if found is not None and found.filled_quantity > 0:
             return await self._record(gateway, order, found, exit_reason)
         raise VerifyNeeded(exc, verdict.reason)
@@ -315,7 +278,7 @@ class PositionActivities:
             verified = True
         except ExchangeCallError as exc:
             if exc.classify("read").outcome is not ErrorClass.TRANSIENT:
-                raise self._read_failure(exc) from None
+                raise read_failure(exc) from None
             metrics.CLOSE_VALIDATION_FAILURES.labels(label).inc()
             log.warning(
                 "position %s: could not read it on %s (%s); closing the DB quantity", position["id"], label, exc
@@ -376,7 +339,7 @@ class PositionActivities:
             try:
                 found = await gateway.find_order(order["symbol"], order["client_order_id"])
             except ExchangeCallError as exc:
-                raise self._read_failure(exc) from None
+                raise read_failure(exc) from None
             if found is not None and found.filled_quantity > 0:
                 log.info(
                     "position %s: close order %s was filled before a restart; recording it",
@@ -396,7 +359,7 @@ class PositionActivities:
         try:
             on_exchange = await gateway.fetch_position(position["symbol"], Side(position["side"]))
         except ExchangeCallError as exc:
-            raise self._read_failure(exc) from None
+            raise read_failure(exc) from None
         if on_exchange is None:
             metrics.CLOSE_POSITION_NOT_FOUND.labels(position["exchange"]).inc()
             log.warning(
@@ -470,7 +433,7 @@ class PositionActivities:
         try:
             on_exchange = await gateway.fetch_position(position["symbol"], Side(position["side"]))
         except ExchangeCallError as exc:
-            raise self._read_failure(exc) from None
+            raise read_failure(exc) from None
         if on_exchange is None:
             metrics.GHOST_POSITIONS.labels(position["exchange"]).inc()
             result = await self._close_ghost(

@@ -11,8 +11,8 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from activities.common import gateway_for, read_failure
 from activities.deps import Deps
-from activities.positions import PositionActivities
 from egis.db.schema import bots, positions
 from egis.exchanges.base import ExchangeCallError
 from egis.models import (
@@ -86,11 +86,11 @@ class WatchActivities:
             )
         requests = 0
         if watched:
-            gateway = await PositionActivities(self.deps)._gateway(request.exchange, request.account)
+            gateway = await gateway_for(self.deps, request.exchange, request.account)
             try:
                 prices = await gateway.fetch_tickers(sorted({row["symbol"] for row, _, _ in watched}))
             except ExchangeCallError as exc:
-                raise PositionActivities._read_failure(exc) from None
+                raise read_failure(exc) from None
             requests = 1
             for row, phase_name, target in watched:
                 price = prices.get(row["symbol"])
