@@ -1,0 +1,57 @@
+"""How big each benchmark section is, in quick and full mode."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "CLOUDUSDT")
+"""Every market the simulator lists. An account holds one live position per symbol (one-way
+mode), so N concurrent positions need N / 5 accounts."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    mode: str
+    closes: int  # section 1: manual closes, and as many of each baseline
+    lifecycles: int  # section 2: concurrent open -> close lifecycles
+    ghost_closes: int  # section 3 (i): ghosts closed by a request
+    ghost_passive: int  # section 3 (ii): ghosts found by exchange sync
+    sync_every_s: float  # section 3 (ii): the sync schedule's interval
+    maintenance_rows: tuple[int, ...]  # section 4: synthetic table sizes
+    maintenance_runs: int  # section 4: timed runs per query (the median is reported)
+    reservations: int = 200  # section 5: concurrent reservations
+    budget_repeats: int = 3  # section 5: contended / spread runs, alternated
+
+    def accounts(self) -> dict[str, int]:
+        """Simulator accounts per group: `lc` for sections 1 and 2 (all positions of section 1 are
+        open at once: the closes and the direct baseline's), `gc` / `gp` for the ghosts (`gc`
+        also holds as many normal positions, closed as the baseline)."""
+        per = len(SYMBOLS)
+        return {
+            "lc": math.ceil(max(self.lifecycles, 2 * self.closes) / per),
+            "gc": math.ceil(2 * self.ghost_closes / per),
+            "gp": math.ceil(self.ghost_passive / per),
+        }
+
+
+QUICK = Sizes(
+    mode="quick",
+    closes=40,
+    lifecycles=60,
+    ghost_closes=10,
+    ghost_passive=15,
+    sync_every_s=2.0,
+    maintenance_rows=(10_000, 100_000),
+    maintenance_runs=5,
+)
+FULL = Sizes(
+    mode="full",
+    closes=300,
+    lifecycles=500,
+    ghost_closes=50,
+    ghost_passive=50,
+    sync_every_s=2.0,
+    maintenance_rows=(10_000, 100_000, 1_000_000),
+    maintenance_runs=5,
+)
