@@ -39,7 +39,7 @@ from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import Exchange, account_task_queue
 from egis.temporal import connect, ensure_search_attributes, metrics_runtime
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 log = logging.getLogger("egis.worker")
 

@@ -51,9 +51,11 @@ from egis.errors import (
 )
 from egis.models import (
     SA_BOT_ID,
+    SA_EXCHANGE,
     SA_POSITION_SIDE,
     SA_POSITION_STATUS,
     SA_SYMBOL,
+    BotContext,
     BotSpec,
     BotView,
     BudgetView,
@@ -118,12 +120,13 @@ class EgisClient:
         """
         from workflows.position import PositionWorkflow
 
-        await self.get_bot(request.bot)  # an unknown bot is refused before anything starts
+        bot = await self.get_bot(request.bot)  # an unknown bot is refused before anything starts
+        context = BotContext(bot=bot.name, exchange=bot.exchange, account=bot.account, aged=bot.aged)
         workflow_id = position_workflow_id(request.bot, request.ref)
         try:
             handle = await self.require_temporal().start_workflow(
                 PositionWorkflow.run,
-                PositionWorkflowInput(request=request),
+                PositionWorkflowInput(request=request, bot_context=context),
                 id=workflow_id,
                 task_queue=self.settings.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -134,6 +137,7 @@ class EgisClient:
                         SearchAttributePair(SA_SYMBOL, request.symbol),
                         SearchAttributePair(SA_POSITION_SIDE, request.side.value),
                         SearchAttributePair(SA_POSITION_STATUS, "opening"),
+                        SearchAttributePair(SA_EXCHANGE, bot.exchange.value),
                     ]
                 ),
             )

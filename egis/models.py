@@ -356,6 +356,7 @@ class PositionWorkflowInput(BaseModel):
     """Carried across continue-as-new: the request plus what the run has learnt so far."""
 
     request: OpenPositionInput
+    bot_context: BotContext | None = None  # read by the client at start: the workflow then skips resolve_bot
     context: BotContext | None = None
     position_id: int | None = None
     quantity: Decimal | None = None

@@ -31,7 +31,7 @@ from egis.models import (
     watcher_workflow_id,
 )
 from tests.conftest import ACCOUNTS
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 D = Decimal
 

@@ -215,22 +215,28 @@ class PositionWorkflow:
 
     async def _open(self) -> PositionResult | None:
         r = self._s.request
-        workflow.upsert_search_attributes(
-            [SA_BOT_ID.value_set(r.bot), SA_SYMBOL.value_set(r.symbol), SA_POSITION_SIDE.value_set(r.side.value)]
-        )
-        self._set_status(PositionStatus.OPENING)
-        try:
-            ctx = await workflow.execute_activity(
-                "resolve_bot",
-                r.bot,
-                result_type=BotContext,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DB_RETRY,
+        if self._s.bot_context is not None:
+            # started by egis.client, which read the bot and set every search attribute at start;
+            # a stale context is caught by reserve_position, which checks the bot's row again
+            ctx = self._s.bot_context
+            self._set_status(PositionStatus.OPENING)
+        else:  # started by hand (web UI, temporal CLI), or recorded before the client sent it
+            workflow.upsert_search_attributes(
+                [SA_BOT_ID.value_set(r.bot), SA_SYMBOL.value_set(r.symbol), SA_POSITION_SIDE.value_set(r.side.value)]
             )
-        except ActivityError as exc:
-            return await self._refuse(exc, "unknown bot")
+            self._set_status(PositionStatus.OPENING)
+            try:
+                ctx = await workflow.execute_activity(
+                    "resolve_bot",
+                    r.bot,
+                    result_type=BotContext,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                )
+            except ActivityError as exc:
+                return await self._refuse(exc, "unknown bot")
+            workflow.upsert_search_attributes([SA_EXCHANGE.value_set(ctx.exchange.value)])
         self._s.context = ctx
-        workflow.upsert_search_attributes([SA_EXCHANGE.value_set(ctx.exchange.value)])
         try:
             plan = await workflow.execute_activity(
                 "plan_open",

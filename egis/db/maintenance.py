@@ -75,7 +75,9 @@ SELECT l.id AS position_id, pp.id AS paper_id,
        l.open_quantity AS internal_open_quantity, l.entry_price AS internal_entry,
        pp.status AS paper_status, pp.side AS paper_side, pp.quantity AS paper_quantity, pp.entry_price AS paper_entry
 FROM live l
-LEFT JOIN paper_positions pp ON pp.position_id = l.id
+LEFT JOIN LATERAL (  -- position_id is unique: one index probe per live position, never a scan
+    SELECT * FROM paper_positions p WHERE p.position_id = l.id LIMIT 1
+) pp ON true
 WHERE pp.id IS NULL
    OR pp.status <> 'open'
    OR pp.side <> l.side
