@@ -37,7 +37,6 @@ def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
     positions, watch = PositionActivities(deps), WatchActivities(deps)
     return [
         positions.plan_open,
-        positions.fetch_prices,
         positions.place_open_order,
         positions.abandon_open,
         positions.close_position,

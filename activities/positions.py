@@ -47,7 +47,6 @@ from egis.models import (
     ReservedPosition,
     ReserveInput,
     Side,
-    TickersInput,
 )
 from egis.rules.exits import ClosingTrade, exit_from_trades
 from egis.rules.sizing import quantities_differ, quantity_for_usd
@@ -108,15 +107,6 @@ class PositionActivities:
         except EgisError as exc:
             raise typed_failure(exc) from None
         return OpenPlan(quantity=quantity, price=price, amount_step=rules.amount_step)
-
-    @activity.defn(name="fetch_prices")
-    async def fetch_prices(self, request: TickersInput) -> dict[str, Decimal]:
-        """Last prices of many symbols of one account in ONE exchange request."""
-        gateway = await self._gateway(request.exchange, request.account)
-        try:
-            return await gateway.fetch_tickers(request.symbols)
-        except ExchangeCallError as exc:
-            raise read_failure(exc) from None
 
     @activity.defn(name="place_open_order")
     async def place_open_order(self, request: PlaceOrderInput) -> OrderOutcome:

@@ -38,10 +38,6 @@ class UnknownBot(InvalidInput):
     """The bot named in a request does not exist."""
 
 
-class UnknownExchange(InvalidInput):
-    """The exchange id is not one Egis supports."""
-
-
 class UnknownSymbol(InvalidInput):
     """The exchange does not list this market."""
 
@@ -100,7 +96,6 @@ ALL_ERRORS: dict[str, type[EgisError]] = {
         EgisError,
         InvalidInput,
         UnknownBot,
-        UnknownExchange,
         UnknownSymbol,
         QuantityRejected,
         DuplicateBot,

@@ -400,12 +400,6 @@ class AgedCheckResult(BaseModel):
     tickers_requests: int
 
 
-class TickersInput(BaseModel):
-    exchange: Exchange
-    account: str
-    symbols: list[str]
-
-
 class ExitTrigger(Strict):
     """From the price watcher: an aged position reached its phase's target."""
 

@@ -116,6 +116,8 @@ class PositionWorkflow:
     @workflow.signal
     def close(self, request: CloseRequest) -> None:
         """Fire-and-forget close (works from the web UI and `temporal workflow signal`)."""
+        if not _is(request, CloseRequest, "close"):
+            return
         if self._s.status in LIVE and self._s.pending_close is None:
             self._s.pending_close = request
         else:
