@@ -26,6 +26,7 @@ def main_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
         positions.resolve_bot,
         positions.reserve_position,
         positions.position_status,
+        positions.close_failed,
         watch.ensure_price_watcher,
         maintenance.reconcile_paper,
         maintenance.cleanup_phantom_shorts,

@@ -14,6 +14,7 @@ Exchange errors go through the classification table (egis.rules.classify):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +30,7 @@ from egis.errors import EgisError
 from egis.exchanges.base import ExchangeCallError, Gateway, OrderReport, OrderRequest
 from egis.models import (
     BotContext,
+    CloseFailedInput,
     CloseInput,
     CloseOutcomeKind,
     CloseResult,
@@ -49,7 +51,7 @@ from egis.models import (
     Side,
 )
 from egis.rules.exits import ClosingTrade, exit_from_trades
-from egis.rules.sizing import quantities_differ, quantity_for_usd
+from egis.rules.sizing import quantities_differ, quantity_for_usd, validate_quantity
 
 log = logging.getLogger("egis.activities")
 
@@ -119,20 +121,19 @@ class PositionActivities:
             submitted = await self._submit(gateway, order, position)
             if isinstance(submitted, OrderOutcome):
                 return submitted
-            exc, verdict_reason = submitted
             async with self.deps.engine.begin() as conn:
                 await db.record_order_error(
-                    conn, order["id"], ErrorClass.PERMANENT, exc.code, f"{verdict_reason}: {exc}", final=True
+                    conn, order["id"], ErrorClass.PERMANENT, submitted.code, submitted.message, final=True
                 )
-                await db.fail_open(conn, position["id"], f"{verdict_reason}: {exc}", actor=_actor())
+                await db.fail_open(conn, position["id"], submitted.message, actor=_actor())
             return OrderOutcome(
                 order_id=order["id"],
                 client_order_id=order["client_order_id"],
                 status=OrderStatus.REJECTED,
                 filled_quantity=Decimal(0),
                 error_class=ErrorClass.PERMANENT,
-                error_code=exc.code,
-                error_message=f"{verdict_reason}: {exc}"[:500],
+                error_code=submitted.code,
+                error_message=submitted.message[:500],
                 position_status=PositionStatus.FAILED,
             )
 
@@ -176,9 +177,10 @@ class PositionActivities:
 
     async def _submit(
         self, gateway: Gateway, order: dict[str, Any], position: dict[str, Any], exit_reason: str | None = None
-    ) -> OrderOutcome | tuple[ExchangeCallError, str]:
-        """Send (or find) the order and record its fill. Returns the outcome, or (error, reason)
-        for a PERMANENT refusal. Raises a retryable ApplicationError for TRANSIENT trouble."""
+    ) -> OrderOutcome | Refusal:
+        """Send (or find) the order and record its fill. Returns the outcome, or the Refusal
+        for a PERMANENT one (the exchange's, or ours before sending). Raises a retryable
+        ApplicationError for TRANSIENT trouble."""
         intent = Intent(order["intent"])
         exchange = Exchange(order["exchange"])
         if order["status"] in (OrderStatus.FILLED.value, OrderStatus.PARTIALLY_FILLED.value):
@@ -199,6 +201,14 @@ class PositionActivities:
             client_order_id=order["client_order_id"],
             position_id=position["id"],
         )
+        try:  # checked before the send is counted: a local refusal sends nothing
+            rules = await gateway.market(request.symbol)
+            validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
+        except ExchangeCallError as exc:
+            raise read_failure(exc) from None
+        except EgisError as exc:
+            metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, "invalid").inc()
+            return Refusal(exc.code, f"refused before sending: {exc.message}")
         await self.deps.store.note_submission(order["id"])
         try:
             report = await gateway.create_order(
@@ -206,9 +216,6 @@ class PositionActivities:
             )
         except ExchangeCallError as exc:
             return await self._after_error(gateway, order, exc, exit_reason)
-        except EgisError as exc:  # refused locally before sending: bad symbol or quantity
-            metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, "invalid").inc()
-            raise typed_failure(exc) from None
         metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, report.status).inc()
         faults.hit(f"after_{intent.value}_submit")
         if gateway.records_fills_atomically:
@@ -219,7 +226,7 @@ class PositionActivities:
 
     async def _after_error(
         self, gateway: Gateway, order: dict[str, Any], exc: ExchangeCallError, exit_reason: str | None
-    ) -> OrderOutcome | tuple[ExchangeCallError, str]:
+    ) -> OrderOutcome | Refusal:
         intent = Intent(order["intent"])
         verdict = exc.classify()
         metrics.ORDERS_SUBMITTED.labels(intent.value, exc.exchange.value, verdict.outcome.value).inc()
@@ -229,7 +236,7 @@ class PositionActivities:
         if verdict.outcome is ErrorClass.TRANSIENT:
             raise transient(exc, verdict.reason)
         if verdict.outcome is ErrorClass.PERMANENT:
-            return exc, verdict.reason
+            return Refusal.of(exc, verdict.reason)
         # VERIFY: did the order execute after all?
         try:
             found = await gateway.find_order(order["symbol"], order["client_order_id"])
@@ -313,9 +320,8 @@ class PositionActivities:
             submitted = await self._submit(gateway, order, position, exit_reason=request.reason)
         except VerifyNeeded as ambiguous:
             return await self._verify_close(gateway, order, ambiguous)
-        if isinstance(submitted, tuple):
-            exc, reason = submitted
-            return await self._close_refused(order, exc, reason)
+        if isinstance(submitted, Refusal):
+            return await self._close_refused(order, submitted, orders_sent=order["submissions"] - sent_before)
         after = await self.deps.store.get_position(position["id"])
         sent = (await self.deps.store.get_order_row(order["id"]))["submissions"] - sent_before
         return _result_from_row(after, CloseOutcomeKind.CLOSED if after["status"] == "closed" else None, sent)
@@ -367,18 +373,35 @@ class PositionActivities:
             )
         if ambiguous.error.classify().rule in _TIMEOUT_RULES:
             raise transient(ambiguous.error, "the order was not found and the position is still open: resend")
-        return await self._close_refused(order, ambiguous.error, f"{ambiguous.reason}, but the position is still open")
+        refusal = Refusal.of(ambiguous.error, f"{ambiguous.reason}, but the position is still open")
+        return await self._close_refused(order, refusal, orders_sent=1)
 
-    async def _close_refused(self, order: dict[str, Any], exc: ExchangeCallError, reason: str) -> CloseResult:
+    async def _close_refused(self, order: dict[str, Any], refusal: Refusal, *, orders_sent: int) -> CloseResult:
         """PERMANENT: stop, keep the position open with the error, wait for an operator."""
-        message = f"{reason}: {exc}"
         async with self.deps.engine.begin() as conn:
-            await db.record_order_error(conn, order["id"], ErrorClass.PERMANENT, exc.code, message, final=True)
-            row = await db.reopen_after_failed_close(conn, order["position_id"], message, actor=_actor())
-        result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=1)
+            await db.record_order_error(
+                conn, order["id"], ErrorClass.PERMANENT, refusal.code, refusal.message, final=True
+            )
+            row = await db.reopen_after_failed_close(conn, order["position_id"], refusal.message, actor=_actor())
+        result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=orders_sent)
         return result.model_copy(
-            update={"error_class": ErrorClass.PERMANENT, "error_code": exc.code, "error_message": message[:500]}
+            update={
+                "error_class": ErrorClass.PERMANENT,
+                "error_code": refusal.code,
+                "error_message": refusal.message[:500],
+            }
         )
+
+    @activity.defn(name="close_failed")
+    async def close_failed(self, request: CloseFailedInput) -> CloseResult:
+        """The close activity itself failed for good (a non-retryable error, retries exhausted):
+        the position goes back to open with the error, as for a refused order, so the database
+        never says `closing` about a position nobody is closing."""
+        async with self.deps.engine.begin() as conn:
+            await db.reject_unsent_orders(conn, request.position_id, Intent.CLOSE, request.error)
+            row = await db.reopen_after_failed_close(conn, request.position_id, request.error, actor=_actor())
+        result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=0)
+        return result.model_copy(update={"error_message": request.error[:500]})
 
     async def _close_ghost(
         self, gateway: Gateway, position: dict[str, Any], outcome: CloseOutcomeKind, why: str
@@ -455,6 +478,18 @@ _TIMEOUT_RULES = frozenset(
     }
 )
 """VERIFY rules about an unknown execution status (not a disguised 'position gone')."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A PERMANENT refusal of an order: the exchange's (classified), or ours before sending."""
+
+    code: str | None
+    message: str
+
+    @classmethod
+    def of(cls, exc: ExchangeCallError, reason: str) -> Refusal:
+        return cls(exc.code, f"{reason}: {exc}")
 
 
 class VerifyNeeded(Exception):

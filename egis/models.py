@@ -287,6 +287,13 @@ class CloseInput(BaseModel):
     attempt: int = Field(ge=1)
 
 
+class CloseFailedInput(BaseModel):
+    """The close activity failed for good; the workflow hands its error to `close_failed`."""
+
+    position_id: int
+    error: str = Field(min_length=1, max_length=2000)
+
+
 class CloseOutcomeKind(StrEnum):
     CLOSED = "closed"  # our reduce-only close order filled
     GHOST = "ghost"  # not on the exchange before we sent anything: closed_on_exchange, no order

@@ -91,6 +91,17 @@ def test_quantity_rules(quantity: Decimal, message: str | None) -> None:
         validate_quantity(quantity, rules, D("60000"))
 
 
+def test_a_reduce_only_order_may_close_a_remainder_below_the_market_minimums() -> None:
+    sol = MarketRules(symbol="SOLUSDT", amount_step=D("0.1"), min_quantity=D("1"), min_notional=D("5"))
+    with pytest.raises(QuantityRejected, match="below the market minimum 1"):
+        validate_quantity(D("0.9"), sol, D("150"))  # an open of 0.9 is refused
+    assert validate_quantity(D("0.9"), sol, D("150"), reduce_only=True) == D("0.9")
+    assert validate_quantity(D("0.1"), sol, D("1"), reduce_only=True) == D("0.1")  # notional 0.1 < 5 too
+    for bad, message in [(D("0.95"), "multiple of the amount step"), (D(0), "positive"), (D("1e40"), "maximum")]:
+        with pytest.raises(QuantityRejected, match=message):  # the step and the maximum still hold
+            validate_quantity(bad, sol, reduce_only=True)
+
+
 def test_usd_below_market_minimum_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(QuantityRejected, match="below the minimum quantity"):
         quantity_for_usd(D("10"), D("60000"), BTC)  # $10 of BTC is 0.00016, under 0.001

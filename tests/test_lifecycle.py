@@ -186,6 +186,53 @@ async def test_seed_003_case_2_quantity_mismatch_closes_the_exchange_quantity(
     assert row["quantity"] == D("36") and row["status"] == "closed"
 
 
+@pytest.mark.parametrize("exchange", [Exchange.BINANCEUSDM, Exchange.BYBIT])
+async def test_a_remainder_below_the_minimum_order_size_is_closed_reduce_only(
+    exchange: Exchange, h: Harness, sim_control: SimulatorControl
+) -> None:
+    """Found by the long chaos run: SOLUSDT (step 0.1, minimum 1) opened 1.8, halved on the
+    exchange to 0.9; the close of 0.9 was refused locally as "below the minimum" and the
+    position was left `closing` with a pending order that was never sent."""
+    bot = await h.bot(exchange)
+    view = await h.open(bot, symbol="SOLUSDT", usd="270")  # 1.8 SOL at 150
+    assert view.quantity == D("1.8")
+    key = SIM_KEYS[exchange.value][0]
+    await sim_control.reduce_position(key, "SOLUSDT", "0.9")  # a partial stop on the exchange
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed" and result.orders_sent == 1
+    (close_order,) = [o for o in await sim_control.orders(key) if o["reduce_only"]]
+    assert close_order["quantity"] == D("0.9") and close_order["outcome"] == "accepted"
+    assert await sim_control.positions(key) == []
+    (row,) = await db_positions(h)
+    assert row["status"] == "closed" and row["quantity"] == D("0.9")
+
+
+async def test_a_close_activity_that_fails_for_good_reopens_the_position_in_the_db(
+    h: Harness, sim_control: SimulatorControl
+) -> None:
+    """The pre-close read is refused for good (revoked key): the activity fails non-retryably.
+    The database must say what the workflow says (open, with the error), not `closing`."""
+    bot = await h.bot(Exchange.BINANCEUSDM)
+    view = await h.open(bot)
+    key = SIM_KEYS["binanceusdm"][0]
+    for route in ("GET /fapi/v2/positionRisk", "GET /fapi/v3/positionRisk"):
+        await sim_control.add_fault(
+            route, "error", http_status=401, code=-2015, msg="Invalid API-key, IP, or permissions", api_key=key
+        )
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.outcome is CloseOutcomeKind.FAILED and result.status == "open"
+    (row,) = await db_positions(h)
+    assert row["status"] == "open" and "credentials rejected" in (row["last_error"] or "")
+    async with h.deps.engine.connect() as conn:
+        pending = (await conn.execute(select(orders).where(orders.c.status == "pending"))).mappings().all()
+    assert [dict(o) for o in pending] == []  # no close order is left pending; none was sent
+    assert not [o for o in await sim_control.orders(key) if o["reduce_only"]]
+    await sim_control.clear_faults()
+    retry = await h.client.close_position(view.workflow_id, CloseRequest(reason="operator_retry"))
+    assert retry is not None and retry.status == "closed"
+    await keep_history(h.temporal, view.workflow_id, "close_activity_failed_then_operator_retry")
+
+
 async def test_seed_003_case_4_read_failure_falls_back_to_the_db_quantity(
     h: Harness, sim_control: SimulatorControl
 ) -> None:

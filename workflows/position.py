@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         SA_POSITION_STATUS,
         SA_SYMBOL,
         BotContext,
+        CloseFailedInput,
         CloseInput,
         CloseOutcomeKind,
         CloseRequest,
@@ -388,8 +389,10 @@ class PositionWorkflow:
         self._set_status(PositionStatus.CLOSING)
         assert self._s.position_id is not None
         result: CloseResult | None = None
+        failed: str | None = None
         for _ in range(5):  # a partial fill (the exchange capped the reduce-only order) closes again
             self._s.close_attempts += 1
+            failed = None
             try:
                 result = await workflow.execute_activity(
                     "close_position",
@@ -402,15 +405,31 @@ class PositionWorkflow:
                 )
             except ActivityError as exc:
                 cause = exc.cause
-                message = cause.message if isinstance(cause, ApplicationError) else str(exc)
-                result = CloseResult(
-                    position_id=self._s.position_id,
-                    outcome=CloseOutcomeKind.FAILED,
-                    status=PositionStatus.OPEN,
-                    error_message=message,
-                )
+                failed = (cause.message if isinstance(cause, ApplicationError) else str(exc)) or "close failed"
+                break
             if result.status != PositionStatus.CLOSING:
                 break
+        if (failed is not None or (result is not None and result.status == PositionStatus.CLOSING)) and (
+            workflow.patched("close-failure-reopens-db")
+        ):
+            # the database must not go on saying `closing` about a position nobody is closing
+            result = await workflow.execute_activity(
+                "close_failed",
+                CloseFailedInput(
+                    position_id=self._s.position_id,
+                    error=failed or f"still closing after {self._s.close_attempts} close attempts",
+                ),
+                result_type=CloseResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+        elif failed is not None:
+            result = CloseResult(
+                position_id=self._s.position_id,
+                outcome=CloseOutcomeKind.FAILED,
+                status=PositionStatus.OPEN,
+                error_message=failed,
+            )
         assert result is not None
         self._s.pending_close = None
         self._apply(result)

@@ -544,6 +544,26 @@ async def record_order_error(
     await conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
 
 
+async def reject_unsent_orders(conn: AsyncConnection, position_id: int, intent: Intent, message: str) -> int:
+    """Mark the position's orders that were never sent as rejected: nothing can fill them."""
+    result = await conn.execute(
+        update(orders)
+        .where(
+            orders.c.position_id == position_id,
+            orders.c.intent == intent.value,
+            orders.c.status == OrderStatus.PENDING.value,
+            orders.c.submissions == 0,
+        )
+        .values(
+            status=OrderStatus.REJECTED.value,
+            error_class=ErrorClass.PERMANENT.value,
+            error_message=message[:500],
+            updated_at=func.now(),
+        )
+    )
+    return result.rowcount
+
+
 async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, actor: str) -> dict[str, Any]:
     """End a position whose OPEN order was refused: status failed, budget released (it follows status)."""
     position = await get_position(conn, position_id, lock=True)
@@ -663,9 +683,10 @@ async def adjust_open_quantity(
 async def reopen_after_failed_close(
     conn: AsyncConnection, position_id: int, error: str, *, actor: str
 ) -> dict[str, Any]:
-    """A close was refused for good: the position stays open, with the error, for an operator."""
+    """A close was refused for good: the position stays open, with the error, for an operator
+    (a close that failed before it began leaves the position open and records the error)."""
     position = await get_position(conn, position_id, lock=True)
-    if position["status"] != PositionStatus.CLOSING.value:
+    if position["status"] not in (PositionStatus.CLOSING.value, PositionStatus.OPEN.value):
         return position
     values = {"status": PositionStatus.OPEN.value, "last_error": error[:500]}
     return await mutate(conn, positions, position, values, actor=actor, action="close_failed", reason=error)

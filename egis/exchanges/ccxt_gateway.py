@@ -226,7 +226,7 @@ class CcxtGateway:
     async def create_order(self, request: OrderRequest, *, record: RecordFill | None = None) -> OrderReport:
         """Validate locally (nothing is sent for a bad symbol or quantity), then send."""
         rules = await self.market(request.symbol)
-        validate_quantity(request.quantity, rules)
+        validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
         if request.intent is Intent.CLOSE and not request.reduce_only:
             raise ValueError("every close order is reduce-only")
         ccxt_symbol = self._symbols[request.symbol]

@@ -83,7 +83,7 @@ class PaperGateway:
     # ------------------------------------------------------------ orders
     async def create_order(self, request: OrderRequest, *, record: RecordFill | None = None) -> OrderReport:
         rules = await self.market(request.symbol)
-        validate_quantity(request.quantity, rules)
+        validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
         price = (await self.prices.fetch_tickers([request.symbol])).get(request.symbol)
         if price is None:
             raise _refuse(request.intent.value, ["BadSymbol"], "no_price", f"no price for {request.symbol}")

@@ -28,8 +28,17 @@ def floor_to_step(quantity: Decimal, step: Decimal) -> Decimal:
     return (quantity / step).to_integral_value(rounding=ROUND_DOWN) * step
 
 
-def validate_quantity(quantity: Decimal, rules: MarketRules, price: Decimal | None = None) -> Decimal:
-    """Raise QuantityRejected unless the market would accept `quantity` (checked before sending)."""
+def validate_quantity(
+    quantity: Decimal, rules: MarketRules, price: Decimal | None = None, *, reduce_only: bool = False
+) -> Decimal:
+    """Raise QuantityRejected unless the market would accept `quantity` (checked before sending).
+
+    A reduce-only order is held to the step and the maximum but not to the market minimums:
+    the remainder of a position reduced on the exchange (a partial stop, a manual partial
+    close) can sit below the minimum order size, and a reduce-only order is the only way to
+    close it. Exchanges exempt reduce-only orders from their minimum filters for that reason;
+    where one refuses anyway, the refusal is PERMANENT and reaches an operator.
+    """
     if not quantity.is_finite() or quantity <= 0:
         raise QuantityRejected(f"{rules.symbol}: quantity must be positive, got {quantity}")
     limit = rules.max_quantity if rules.max_quantity is not None else ABSURD_QUANTITY
@@ -39,6 +48,8 @@ def validate_quantity(quantity: Decimal, rules: MarketRules, price: Decimal | No
         raise QuantityRejected(
             f"{rules.symbol}: quantity {quantity} is not a multiple of the amount step {rules.amount_step}",
         )
+    if reduce_only:
+        return quantity
     if quantity < rules.min_quantity:
         raise QuantityRejected(
             f"{rules.symbol}: quantity {quantity} is below the market minimum {rules.min_quantity}",

@@ -421,7 +421,7 @@ class SimulatorCore:
                 f"order type {request.order_type!r} is not supported, only MARKET",
             )
         side = _parse_side(request.side)
-        quantity = _validated_quantity(market, request.quantity)
+        quantity = _validated_quantity(market, request.quantity, reduce_only=request.reduce_only)
         account = self.account(request.api_key)
         if request.client_order_id and account.has_client_order_id(request.client_order_id):
             raise OrderRejected(
@@ -613,7 +613,10 @@ def _decimal_or_none(raw: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-def _validated_quantity(market: MarketSpec, raw: str) -> Decimal:
+def _validated_quantity(market: MarketSpec, raw: str, *, reduce_only: bool = False) -> Decimal:
+    """Step and maximum always; the minimum only for orders that may open. A reduce-only order
+    may close a remainder below the minimum (left by a partial stop or a partial manual close),
+    which is the only way such a remainder can be closed at all."""
     quantity = _decimal_or_none(raw)
     if quantity is None:
         raise OrderRejected(RejectReason.BAD_PARAMETER, f"quantity {raw!r} is not a number")
@@ -623,7 +626,7 @@ def _validated_quantity(market: MarketSpec, raw: str) -> Decimal:
         raise OrderRejected(
             RejectReason.QTY_PRECISION, f"quantity {quantity} is not a multiple of the step {market.qty_step}"
         )
-    if quantity < market.min_qty:
+    if quantity <= 0 or (not reduce_only and quantity < market.min_qty):
         raise OrderRejected(RejectReason.QTY_TOO_SMALL, f"quantity {quantity} is below the minimum {market.min_qty}")
     return quantity
 
