@@ -398,7 +398,7 @@ class PositionActivities:
         the position goes back to open with the error, as for a refused order, so the database
         never says `closing` about a position nobody is closing."""
         async with self.deps.engine.begin() as conn:
-            await db.reject_unsent_orders(conn, request.position_id, Intent.CLOSE, request.error)
+            await db.mark_unsent_orders(conn, request.position_id, Intent.CLOSE, request.error)
             row = await db.reopen_after_failed_close(conn, request.position_id, request.error, actor=_actor())
         result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=0)
         return result.model_copy(update={"error_message": request.error[:500]})

@@ -8,6 +8,8 @@ Temporal once the system has quiesced. Used by the chaos runner and by tests.
    client order id, each one known to the database.
 3. Per bot, the available budget equals the budget recomputed from positions, never negative.
 4. Every workflow has finished or is waiting by design; no activity is stuck retrying.
+5. No order is left pending without ever having been sent: every written order was sent, or
+   retired as not_sent / rejected when its position moved on.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ async def check(
     found = await positions_final_and_agree(engine, sim, api_keys)
     found += await no_position_from_a_close(engine, sim, api_keys)
     found += await budgets_follow_positions(engine)
+    found += await unsent_orders_retired(engine)
     if temporal is not None and task_queue is not None:
         found += await workflows_quiet(temporal, task_queue)
     return found
@@ -155,3 +158,18 @@ async def workflows_quiet(temporal: Client, task_queue: str) -> list[Violation]:
                     )
                 )
     return out
+
+
+async def unsent_orders_retired(engine: AsyncEngine) -> list[Violation]:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(orders.c.client_order_id, orders.c.position_id).where(
+                    orders.c.status == "pending", orders.c.submissions == 0
+                )
+            )
+        ).all()
+    return [
+        Violation("orders_settled", f"order {cid} of position {pid} was never sent and is still pending")
+        for cid, pid in rows
+    ]

@@ -13,12 +13,15 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.deps import Deps
 from activities.positions import PositionActivities
+from chaos import invariants
 from egis import faults
-from egis.db.schema import orders, paper_fills, paper_positions, positions
+from egis.db import store as db
+from egis.db.schema import audit_events, orders, paper_fills, paper_positions, positions
 from egis.errors import QuantityRejected, UnknownSymbol
 from egis.exchanges.base import OrderRequest
 from egis.models import (
     BotSpec,
+    CloseFailedInput,
     CloseInput,
     CloseOutcomeKind,
     Exchange,
@@ -173,3 +176,35 @@ async def test_bad_gateway_input_fails_before_anything_is_sent(
     assert not [r for r in requests if r["method"] == "POST"], "nothing may be sent"
     async with deps.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(paper_fills))).scalar_one() == 0
+
+
+async def test_close_failed_reopens_the_position_and_retires_the_unsent_close_order(deps: Deps) -> None:
+    """A close activity that died for good after `begin_close` (status closing, order written,
+    nothing sent): `close_failed` puts the position back to open with the error, audited, and
+    the unsent order becomes not_sent, so nothing is left pending for a later look-up."""
+    acts = PositionActivities(deps)
+    reserved = await open_reserved(deps, Exchange.BINANCEUSDM)
+    await ActivityEnvironment().run(acts.place_open_order, PlaceOrderInput(order_id=reserved.order_id))
+    async with deps.engine.begin() as conn:
+        order = await db.begin_close(conn, reserved.position_id, 1, D("0.002"), actor="test", reason="manual")
+    assert (await deps.store.get_position(reserved.position_id))["status"] == "closing"
+    (stuck,) = await invariants.unsent_orders_retired(deps.engine)  # the chaos invariant sees it
+    assert stuck.invariant == "orders_settled" and order["client_order_id"] in stuck.detail
+    result = await ActivityEnvironment().run(
+        acts.close_failed, CloseFailedInput(position_id=reserved.position_id, error="credentials rejected")
+    )
+    assert result.status == "open" and result.outcome is CloseOutcomeKind.FAILED
+    row = await deps.store.get_position(reserved.position_id)
+    assert row["status"] == "open" and row["last_error"] == "credentials rejected" and row["quantity"] == D("0.002")
+    after = await deps.store.get_order_row(order["id"])
+    assert after["status"] == "not_sent" and after["error_message"] == "credentials rejected"
+    assert await invariants.unsent_orders_retired(deps.engine) == []
+    async with deps.engine.connect() as conn:
+        audit = (
+            await conn.execute(
+                select(audit_events.c.action, audit_events.c.before, audit_events.c.after).where(
+                    audit_events.c.entity_id == str(reserved.position_id), audit_events.c.action == "close_failed"
+                )
+            )
+        ).one()
+    assert audit.before["status"] == "closing" and audit.after["status"] == "open"

@@ -544,23 +544,21 @@ async def record_order_error(
     await conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
 
 
-async def reject_unsent_orders(conn: AsyncConnection, position_id: int, intent: Intent, message: str) -> int:
-    """Mark the position's orders that were never sent as rejected: nothing can fill them."""
-    result = await conn.execute(
-        update(orders)
-        .where(
-            orders.c.position_id == position_id,
-            orders.c.intent == intent.value,
-            orders.c.status == OrderStatus.PENDING.value,
-            orders.c.submissions == 0,
-        )
-        .values(
-            status=OrderStatus.REJECTED.value,
-            error_class=ErrorClass.PERMANENT.value,
-            error_message=message[:500],
-            updated_at=func.now(),
-        )
-    )
+async def mark_unsent_orders(
+    conn: AsyncConnection, position_id: int, intent: Intent | None = None, message: str | None = None
+) -> int:
+    """The position's pending orders that were never sent become `not_sent`: nothing can fill them."""
+    conditions = [
+        orders.c.position_id == position_id,
+        orders.c.status == OrderStatus.PENDING.value,
+        orders.c.submissions == 0,
+    ]
+    if intent is not None:
+        conditions.append(orders.c.intent == intent.value)
+    values: dict[str, Any] = {"status": OrderStatus.NOT_SENT.value, "updated_at": func.now()}
+    if message is not None:
+        values["error_message"] = message[:500]
+    result = await conn.execute(update(orders).where(*conditions).values(**values))
     return result.rowcount
 
 
@@ -571,6 +569,7 @@ async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, act
         raise InvalidTransition(f"position {position_id} is {position['status']}, not opening")
     if position["quantity"] > 0:
         raise InvalidTransition(f"position {position_id} already holds {position['quantity']}: it cannot fail")
+    await mark_unsent_orders(conn, position_id, Intent.OPEN, reason)
     values = {
         "status": PositionStatus.FAILED.value,
         "closed_at": func.now(),
@@ -642,13 +641,7 @@ async def close_without_order(
         return position
     if position["status"] == PositionStatus.OPENING.value and position["quantity"] == 0:
         raise InvalidTransition(f"position {position_id} never filled: it cannot be closed, only failed")
-    await conn.execute(
-        update(orders)
-        .where(
-            orders.c.position_id == position_id, orders.c.status == OrderStatus.PENDING.value, orders.c.submissions == 0
-        )
-        .values(status=OrderStatus.NOT_SENT.value, updated_at=func.now())
-    )
+    await mark_unsent_orders(conn, position_id)
     values = {
         "status": PositionStatus.CLOSED.value,
         "closed_at": func.now(),
