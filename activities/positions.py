@@ -121,21 +121,7 @@ class PositionActivities:
             submitted = await self._submit(gateway, order, position)
             if isinstance(submitted, OrderOutcome):
                 return submitted
-            async with self.deps.engine.begin() as conn:
-                await db.record_order_error(
-                    conn, order["id"], ErrorClass.PERMANENT, submitted.code, submitted.message, final=True
-                )
-                await db.fail_open(conn, position["id"], submitted.message, actor=_actor())
-            return OrderOutcome(
-                order_id=order["id"],
-                client_order_id=order["client_order_id"],
-                status=OrderStatus.REJECTED,
-                filled_quantity=Decimal(0),
-                error_class=ErrorClass.PERMANENT,
-                error_code=submitted.code,
-                error_message=submitted.message[:500],
-                position_status=PositionStatus.FAILED,
-            )
+            return await self._fail_open(order, submitted.message, submitted)
 
     @activity.defn(name="abandon_open")
     async def abandon_open(self, request: PlaceOrderInput) -> OrderOutcome:
@@ -148,14 +134,24 @@ class PositionActivities:
             raise read_failure(exc) from None
         if report is not None and report.filled_quantity > 0:
             return await self._record(gateway, order, report)
-        await self.deps.store.fail_open(order["position_id"], "open order never confirmed", actor=_actor())
+        return await self._fail_open(order, "open order never confirmed")
+
+    async def _fail_open(self, order: dict[str, Any], message: str, refusal: Refusal | None = None) -> OrderOutcome:
+        """End the position as failed (its budget is released by the status change); a PERMANENT
+        refusal is recorded on the order, final, in the same transaction."""
+        async with self.deps.engine.begin() as conn:
+            if refusal is not None:
+                await db.record_order_error(conn, order["id"], ErrorClass.PERMANENT, refusal.code, message, final=True)
+            await db.fail_open(conn, order["position_id"], message, actor=_actor())
         return OrderOutcome(
             order_id=order["id"],
             client_order_id=order["client_order_id"],
             status=OrderStatus.REJECTED,
             filled_quantity=Decimal(0),
+            error_class=ErrorClass.PERMANENT if refusal is not None else None,
+            error_code=refusal.code if refusal is not None else None,
+            error_message=message[:500],
             position_status=PositionStatus.FAILED,
-            error_message="open order never confirmed",
         )
 
     async def _record(
@@ -231,12 +227,12 @@ class PositionActivities:
         verdict = exc.classify()
         metrics.ORDERS_SUBMITTED.labels(intent.value, exc.exchange.value, verdict.outcome.value).inc()
         log.warning("%s order %s: %s -> %s (%s)", intent, order["client_order_id"], exc, verdict.outcome, verdict.rule)
+        if verdict.outcome is ErrorClass.PERMANENT:  # the caller records it, final, with its consequence
+            return Refusal.of(exc, verdict.reason)
         async with self.deps.engine.begin() as conn:
             await db.record_order_error(conn, order["id"], verdict.outcome, exc.code, str(exc), final=False)
         if verdict.outcome is ErrorClass.TRANSIENT:
             raise transient(exc, verdict.reason)
-        if verdict.outcome is ErrorClass.PERMANENT:
-            return Refusal.of(exc, verdict.reason)
         # VERIFY: did the order execute after all?
         try:
             found = await gateway.find_order(order["symbol"], order["client_order_id"])
@@ -400,6 +396,8 @@ class PositionActivities:
         async with self.deps.engine.begin() as conn:
             await db.mark_unsent_orders(conn, request.position_id, Intent.CLOSE, request.error)
             row = await db.reopen_after_failed_close(conn, request.position_id, request.error, actor=_actor())
+        if db.is_final(row["status"]):  # closed meanwhile (a maintenance job, the sync): nothing failed
+            return _result_from_row(row, CloseOutcomeKind.ALREADY_FINAL, orders_sent=0)
         result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=0)
         return result.model_copy(update={"error_message": request.error[:500]})
 
