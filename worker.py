@@ -9,9 +9,12 @@
   limits, so the limit holds across any number of workers. Accounts are discovered from the
   bots table, and new ones are picked up while running.
 
-Reads DATABASE_URL / TEMPORAL_ADDRESS (env or .env), or the embedded stack started by
-`egis dev up`. Applies pending migrations at start (under an advisory lock, so replicas can
-start together) and registers the search attributes. Stops gracefully on SIGINT / SIGTERM.
+Reads DATABASE_URL and the Temporal client configuration (egis/temporal.py: profile, TEMPORAL_*
+variables, env or .env), or the embedded stack started by `egis dev up`. At start it applies
+pending migrations (under an advisory lock, so replicas can start together), checks the search
+attributes (adding them only where allowed and asked), and creates the maintenance schedules
+that do not exist yet (safe defaults; an account's sync when it is discovered). Stops
+gracefully on SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
-from egis import faults, redact
-from egis.cli import hard_exit
+from egis import faults, redact, schedules
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
@@ -38,7 +40,14 @@ from egis.db.schema import bots
 from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import Exchange, account_task_queue
-from egis.temporal import connect, ensure_search_attributes, metrics_runtime
+from egis.process import hard_exit
+from egis.temporal import (
+    check_search_attributes,
+    connect,
+    metrics_runtime,
+    register_search_attributes_by_default,
+    resolve_connect_options,
+)
 from workflows.registry import ALL_WORKFLOWS
 
 log = logging.getLogger("egis.worker")
@@ -71,12 +80,14 @@ class AccountWorkers:
         self.client = client
         self.deps = deps
         self.running: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+        self.scheduled: set[tuple[Exchange, str]] = set()
 
     async def discover(self) -> None:
         async with self.deps.engine.connect() as conn:
             rows = (await conn.execute(select(bots.c.exchange, bots.c.account).distinct())).all()
         for exchange_name, account in rows:
             exchange = Exchange(exchange_name)
+            await self._ensure_sync(exchange, account)
             queue = account_task_queue(self.deps.settings.task_queue, exchange, account)
             if queue in self.running:
                 continue
@@ -89,6 +100,17 @@ class AccountWorkers:
             )
             self.running[queue] = (worker, asyncio.create_task(worker.run()))
             log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
+
+    async def _ensure_sync(self, exchange: Exchange, account: str) -> None:
+        """A live account gets its exchange-sync schedule as soon as it is discovered, so a
+        position closed on the exchange behind everyone's back is found without anyone asking."""
+        key = (exchange, account)
+        if exchange is Exchange.PAPER or key in self.scheduled or not self.deps.settings.auto_schedules:
+            return
+        created = await schedules.ensure(self.client, self.deps.settings.task_queue, [key], maintenance=False)
+        self.scheduled.add(key)
+        for sid in created:
+            log.info("created schedule %s (exchange sync of %s/%s, every 15 s)", sid, exchange, account)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -125,13 +147,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     sdk_metrics = f"{settings.metrics_host}:{settings.sdk_metrics_port}"
     runtime = metrics_runtime(sdk_metrics) if settings.sdk_metrics_port else None
-    client = await connect(settings.require_temporal_address(), settings.temporal_namespace, runtime=runtime)
-    added = await ensure_search_attributes(client)
+    temporal = resolve_connect_options(settings)  # profile / TEMPORAL_* / settings / embedded stack
+    client = await connect(temporal, runtime=runtime)
+    register = register_search_attributes_by_default(settings, temporal)
+    added = await check_search_attributes(client, register=register, address=temporal.target_host)
     if added:
         log.info("registered search attributes %s", ", ".join(added))
     deps = Deps.build(settings, engine, client)
+    if settings.auto_schedules:  # maintenance runs without being asked (safe defaults; existing ones untouched)
+        for sid in await schedules.ensure(client, settings.task_queue, [], maintenance=True):
+            log.info("created schedule %s (safe defaults: dry run)", sid)
     accounts = AccountWorkers(client, deps)
-    log.info("worker ready: task queue %s on %s", settings.task_queue, settings.require_temporal_address())
+    log.info("worker ready: task queue %s on %s", settings.task_queue, temporal.describe())
     try:
         async with build_main_worker(client, deps):
             await accounts.run(stop)
@@ -159,6 +186,9 @@ def main() -> None:
         asyncio.run(_main())
     except KeyboardInterrupt:
         pass
+    except EgisError as exc:  # a refusal we explain (a port, missing search attributes...): one clear line
+        log.error("worker cannot start: %s", exc)
+        code = 1
     except Exception:
         log.exception("worker failed")
         code = 1

@@ -29,13 +29,14 @@ def main_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
         positions.close_failed,
         watch.ensure_price_watcher,
         maintenance.reconcile_paper,
+        maintenance.phantom_accounts,
         maintenance.cleanup_phantom_shorts,
     ]
 
 
 def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Activities that call an exchange, served on each account's own task queue."""
-    positions, watch = PositionActivities(deps), WatchActivities(deps)
+    positions, watch, maintenance = PositionActivities(deps), WatchActivities(deps), MaintenanceActivities(deps)
     return [
         positions.plan_open,
         positions.place_open_order,
@@ -43,5 +44,6 @@ def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
         positions.close_position,
         positions.observe_position,
         watch.check_aged_exits,
-        MaintenanceActivities(deps).sync_account,
+        maintenance.sync_account,
+        maintenance.read_account_positions,
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -22,8 +23,20 @@ def typed_failure(exc: EgisError) -> ApplicationError:
 
 
 def transient(exc: ExchangeCallError, reason: str) -> ApplicationError:
-    """A retryable failure: Temporal retries the activity with backoff."""
-    return ApplicationError(f"{reason}: {exc}", type="TransientExchangeError", non_retryable=False)
+    """A retryable failure: Temporal retries the activity with backoff, or, when the venue said
+    how long to wait (Retry-After, a ban), not before then: a close waits a ban out."""
+    delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
+    return ApplicationError(
+        f"{reason}: {exc}", type="TransientExchangeError", non_retryable=False, next_retry_delay=delay
+    )
+
+
+def not_yet(reason: str, seconds: float = 1.0) -> ApplicationError:
+    """Nothing failed, the venue has not settled yet (an order it has but not filled, a look-up
+    that may lag): look again shortly. Sends nothing."""
+    return ApplicationError(
+        reason, type="NotSettledYet", non_retryable=False, next_retry_delay=timedelta(seconds=seconds)
+    )
 
 
 def read_failure(exc: ExchangeCallError) -> ApplicationError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from temporalio import activity
@@ -18,9 +19,18 @@ from activities.common import gateway_for, read_failure
 from activities.deps import Deps
 from egis import metrics
 from egis.db import maintenance as mdb
+from egis.db.store import jsonable
 from egis.exchanges.base import ExchangeCallError
-from egis.models import MaintenanceInput, MaintenanceReport, SyncInput, SyncReport
-from egis.rules import reconcile
+from egis.models import (
+    AccountInput,
+    AccountPositions,
+    HeldPosition,
+    MaintenanceInput,
+    MaintenanceReport,
+    SyncInput,
+    SyncReport,
+)
+from egis.rules import phantom, reconcile
 from egis.rules.sync import TheirPosition, diff_account
 
 log = logging.getLogger("egis.maintenance")
@@ -62,16 +72,19 @@ class MaintenanceActivities:
                     "position_id": d.position.position_id,
                     "workflow_id": d.position.workflow_id,
                     "symbol": d.position.symbol,
-                    "ours": str(d.position.open_quantity),
-                    "exchange": str(d.exchange_quantity),
+                    "ours": format(d.position.open_quantity, "f"),
+                    "exchange": format(d.exchange_quantity, "f"),
                 }
                 for d in findings.drifts
             ],
-            orphans=[{"symbol": o.symbol, "side": o.side, "quantity": str(o.quantity)} for o in findings.orphans],
+            orphans=[
+                {"symbol": o.symbol, "side": o.side, "quantity": format(o.quantity, "f")} for o in findings.orphans
+            ],
         )
         for kind, count in report.found.items():
             if count:
                 metrics.SYNC_FINDINGS.labels(request.exchange.value, kind).inc(count)
+        metrics.ORPHAN_POSITIONS.labels(request.exchange.value, request.account).set(len(report.orphans))
         for orphan in report.orphans:
             log.warning("%s/%s: orphan on the exchange, not adopted: %s", request.exchange, request.account, orphan)
         rows = [
@@ -80,7 +93,8 @@ class MaintenanceActivities:
             *({"kind": "orphan", **o} for o in report.orphans),
         ]
         async with self.deps.engine.begin() as conn:
-            run_id = await mdb.start_run(conn, "exchange_sync", "observe", request.actor)
+            scope = f"{request.exchange.value}/{request.account}"
+            run_id = await mdb.start_run(conn, "exchange_sync", "observe", request.actor, scope)
             await mdb.finish_run(conn, run_id, report.found, rows)
         return report.model_copy(update={"run_id": run_id})
 
@@ -124,36 +138,100 @@ class MaintenanceActivities:
             to_tell=to_tell,
         )
 
+    @activity.defn(name="phantom_accounts")
+    async def phantom_accounts(self, _: MaintenanceInput) -> list[str]:
+        """The accounts whose seed-rule matches need an exchange read before any repair."""
+        async with self.deps.engine.connect() as conn:
+            return await mdb.phantom_accounts(conn)
+
+    @activity.defn(name="read_account_positions")
+    async def read_account_positions(self, request: AccountInput) -> AccountPositions:
+        """ONE positions request for the account (account queue): evidence for a repair."""
+        gateway = await gateway_for(self.deps, request.exchange, request.account)
+        try:
+            held = await gateway.fetch_positions()
+        except ExchangeCallError as exc:
+            raise read_failure(exc) from None
+        return AccountPositions(
+            exchange=request.exchange,
+            account=request.account,
+            positions=[HeldPosition(symbol=p.symbol, side=p.side, quantity=p.quantity) for p in held],
+        )
+
     @activity.defn(name="cleanup_phantom_shorts")
     async def cleanup_phantom_shorts(self, request: MaintenanceInput) -> MaintenanceReport:
+        """Seed 000's rule finds the matches; only those proven not real are closed
+        (`egis.rules.phantom.verdict`): never a position Egis opened through a filled OPEN
+        order, never one whose account holds a short nothing else accounts for, never one
+        whose account could not be read."""
         mode = "confirm" if request.apply else "dry_run"
+        evidence = {
+            read.account: phantom.AccountEvidence(
+                tuple(phantom.Held(p.symbol, p.side.value, p.quantity) for p in read.positions), read.error
+            )
+            for read in request.exchange_reads
+        }
         async with self.deps.engine.begin() as conn:
             run_id = await mdb.start_run(conn, "cleanup_phantom_shorts", mode, request.actor)
             matches = await mdb.phantom_matches(conn)
-            to_tell = []
-            if request.apply:
-                for match in matches:
-                    closed = await mdb.close_phantom(conn, match, actor=f"cleanup:{request.actor}", run_id=run_id)
-                    if closed.get("workflow_id"):
-                        to_tell.append(closed["workflow_id"])
-            debug = await mdb.phantom_debug(conn) if request.debug else []
-            rows = [
-                {
-                    "short_id": m["short_id"],
-                    "long_id": m["long_id"],
-                    "bot": m["bot"],
-                    "symbol": m["symbol"],
-                    "short_quantity": m["short_quantity"],
-                    "entry_price": m["entry_price"],
-                    "size_usd": m["size_usd"],
-                    "gap_seconds": abs((m["short_created_at"] - m["long_closed_at"]).total_seconds()),
-                }
-                for m in matches
-            ]
-            found = {"phantom_short": len(matches)}
+            shorts = await mdb.live_shorts(conn, phantom.EXCHANGE, sorted({m["account"] for m in matches}))
+            unproven = {m["short_id"] for m in matches if m["opened_by"] is None}
+            to_tell: list[str] = []
+            rows: list[dict[str, Any]] = []
+            found = dict.fromkeys(PHANTOM_KINDS, 0)
+            for m in matches:
+                others = sum(
+                    (
+                        s["open_quantity"]
+                        for s in shorts
+                        if s["account"] == m["account"]
+                        and s["symbol"] == m["symbol"]
+                        and s["id"] != m["short_id"]
+                        and s["id"] not in unproven
+                    ),
+                    Decimal(0),
+                )
+                decided = phantom.verdict(m["symbol"], m["opened_by"], evidence.get(m["account"]), others)
+                found[_FOUND_KEY[decided.kind]] += 1
+                action = "left open"
+                if decided.repair:
+                    action = "would close"
+                    if request.apply:
+                        closed = await mdb.close_phantom(conn, m, actor=f"cleanup:{request.actor}", run_id=run_id)
+                        action = "closed"
+                        if closed.get("workflow_id"):
+                            to_tell.append(closed["workflow_id"])
+                rows.append(
+                    jsonable(
+                        {
+                            "short_id": m["short_id"],
+                            "long_id": m["long_id"],
+                            "bot": m["bot"],
+                            "account": m["account"],
+                            "symbol": m["symbol"],
+                            "short_quantity": m["short_quantity"] - m["short_closed_quantity"],
+                            "entry_price": m["entry_price"],
+                            "size_usd": m["size_usd"],
+                            "gap_seconds": abs((m["short_created_at"] - m["long_closed_at"]).total_seconds()),
+                            "verdict": decided.kind,
+                            "action": action,
+                            "reason": decided.reason,
+                        }
+                    )
+                )
+            debug: list[str] = []
+            if request.debug:
+                debug = await mdb.phantom_debug(conn)
+                debug += [f"short {r['short_id']} (match of long {r['long_id']}): {r['reason']}" for r in rows]
+                debug += [
+                    f"exchange {read.exchange}/{read.account}: "
+                    + (f"could not be read: {read.error}" if read.error else f"{len(read.positions)} open positions")
+                    for read in request.exchange_reads
+                ]
             await mdb.finish_run(conn, run_id, found, rows)
-        if matches:
-            metrics.MAINTENANCE_FINDINGS.labels("cleanup_phantom_shorts", "phantom_short").inc(len(matches))
+        for kind, count in found.items():
+            if count:
+                metrics.MAINTENANCE_FINDINGS.labels("cleanup_phantom_shorts", kind).inc(count)
         return MaintenanceReport(
             run_id=run_id,
             kind="cleanup_phantom_shorts",
@@ -161,6 +239,17 @@ class MaintenanceActivities:
             found=found,
             rows=rows,
             debug=debug,
-            repaired=len(matches) if request.apply else 0,
+            repaired=sum(1 for r in rows if r["action"] == "closed"),
             to_tell=to_tell,
         )
+
+
+_FOUND_KEY = {
+    phantom.PHANTOM: "phantom_short",
+    phantom.REAL: "real_position",
+    phantom.EXCHANGE_HOLDS: "exchange_holds",
+    phantom.UNVERIFIED: "unverified",
+}
+PHANTOM_KINDS = tuple(_FOUND_KEY.values())
+"""What a cleanup run reports: proven phantoms (repaired with --confirm), and the seed-rule
+matches it leaves alone, by why."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import gateway_for, heartbeating, read_failure, transient, typed_failure
+from activities.common import gateway_for, heartbeating, not_yet, read_failure, transient, typed_failure
 from activities.deps import Deps
 from egis import faults, metrics
 from egis.db import store as db
-from egis.errors import EgisError
+from egis.db.maintenance import account_positions
+from egis.errors import EgisError, HedgeModeAccount, UntrackedExchangePosition
 from egis.exchanges.base import ExchangeCallError, Gateway, OrderReport, OrderRequest
 from egis.models import (
     BotContext,
@@ -50,8 +52,11 @@ from egis.models import (
     ReserveInput,
     Side,
 )
+from egis.rules import submission
 from egis.rules.exits import ClosingTrade, exit_from_trades
 from egis.rules.sizing import quantities_differ, quantity_for_usd, validate_quantity
+from egis.rules.submission import Step
+from egis.rules.sync import TheirPosition, untracked
 
 log = logging.getLogger("egis.activities")
 
@@ -97,18 +102,49 @@ class PositionActivities:
         gateway = await self._gateway(request.exchange, request.account)
         try:
             rules = await gateway.market(request.symbol)
+            mode = await gateway.position_mode(request.symbol)
             price = (await gateway.fetch_tickers([request.symbol])).get(request.symbol)
         except ExchangeCallError as exc:
             raise read_failure(exc) from None
         except EgisError as exc:
             raise typed_failure(exc) from None
+        if mode == "hedge":
+            raise typed_failure(HedgeModeAccount(_hedge_message(request.exchange, request.account)))
         if price is None:
             raise ApplicationError(f"no price for {request.symbol}", type="NoPrice", non_retryable=False)
         try:
             quantity = quantity_for_usd(request.usd, price, rules)
         except EgisError as exc:
             raise typed_failure(exc) from None
+        await self._refuse_untracked(gateway, request)
         return OpenPlan(quantity=quantity, price=price, amount_step=rules.amount_step)
+
+    async def _refuse_untracked(self, gateway: Gateway, request: PlanOpenInput) -> None:
+        """An open never nets against a position the exchange holds and Egis does not know: read
+        the account's position in the symbol first (one request) and refuse if nothing live of
+        ours accounts for it. Nothing has been written yet."""
+        try:
+            held = await gateway.fetch_symbol_positions(request.symbol)
+        except ExchangeCallError as exc:
+            raise read_failure(exc) from None
+        if not held:
+            return
+        async with self.deps.engine.connect() as conn:
+            ours = await account_positions(conn, request.exchange.value, request.account)
+        theirs = [TheirPosition(p.symbol, p.side.value, p.quantity) for p in held]
+        unknown = untracked(theirs, [p for p in ours if p.symbol == request.symbol])
+        if unknown:
+            first = unknown[0]
+            raise typed_failure(
+                UntrackedExchangePosition(
+                    f"{request.exchange.value}/{request.account} holds a {first.side} {first.symbol} position of "
+                    f"{first.quantity:f} that Egis does not track, and an open would net against it; nothing was "
+                    "sent. See it with `egis sync` (or `egis positions --orphans`) and close it on the exchange first",
+                    symbol=first.symbol,
+                    side=first.side,
+                    quantity=format(first.quantity, "f"),
+                )
+            )
 
     @activity.defn(name="place_open_order")
     async def place_open_order(self, request: PlaceOrderInput) -> OrderOutcome:
@@ -181,13 +217,19 @@ class PositionActivities:
         exchange = Exchange(order["exchange"])
         if order["status"] in (OrderStatus.FILLED.value, OrderStatus.PARTIALLY_FILLED.value):
             return _outcome_from_rows(order, position)
-        if order["submissions"] > 0:  # it may have reached the exchange before: look before sending
-            try:
-                found = await gateway.find_order(order["symbol"], order["client_order_id"])
-            except ExchangeCallError as exc:
-                raise read_failure(exc) from None
-            if found is not None and found.filled_quantity > 0:
+        if order["submissions"] > 0:  # it may have reached the exchange before: never resend blind
+            found = await self._look_up(gateway, order)
+            step = submission.next_step(
+                exchange, order["submissions"], _error_class(order), _found(found), _since_last_send(order)
+            )
+            if step is Step.RECORD:
+                assert found is not None
                 return await self._record(gateway, order, found, exit_reason)
+            if step is Step.WAIT:
+                raise not_yet(f"order {order['client_order_id']} may still be on the exchange: looking again")
+            if step is Step.REFUSED:
+                assert found is not None
+                return Refusal("ended_unfilled", f"the exchange ended order {order['client_order_id']} unfilled")
         request = OrderRequest(
             intent=intent,
             symbol=order["symbol"],
@@ -200,6 +242,7 @@ class PositionActivities:
         try:  # checked before the send is counted: a local refusal sends nothing
             rules = await gateway.market(request.symbol)
             validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
+            await gateway.check_backoff()  # throttled or banned: nothing goes out, nothing is counted
         except ExchangeCallError as exc:
             raise read_failure(exc) from None
         except EgisError as exc:
@@ -218,7 +261,18 @@ class PositionActivities:
             return _outcome_from_rows(
                 await self.deps.store.get_order_row(order["id"]), await self.deps.store.get_position(position["id"])
             )
+        if submission.after_send(report.filled_quantity > 0) is Step.WAIT:
+            # accepted with nothing filled yet (Binance NEW / 0): never a final zero fill
+            if report.exchange_order_id:
+                await self.deps.store.note_exchange_order_id(order["id"], report.exchange_order_id)
+            raise not_yet(f"order {order['client_order_id']} accepted, nothing filled yet: looking it up")
         return await self._record(gateway, order, report, exit_reason)
+
+    async def _look_up(self, gateway: Gateway, order: dict[str, Any]) -> OrderReport | None:
+        try:
+            return await gateway.find_order(order["symbol"], order["client_order_id"])
+        except ExchangeCallError as exc:
+            raise read_failure(exc) from None
 
     async def _after_error(
         self, gateway: Gateway, order: dict[str, Any], exc: ExchangeCallError, exit_reason: str | None
@@ -234,19 +288,24 @@ class PositionActivities:
         if verdict.outcome is ErrorClass.TRANSIENT:
             raise transient(exc, verdict.reason)
         # VERIFY: did the order execute after all?
-        try:
-            found = await gateway.find_order(order["symbol"], order["client_order_id"])
-        except ExchangeCallError as read_exc:
-            raise read_failure(read_exc) from None
+        found = await self._look_up(gateway, order)
         if found is not None and found.filled_quantity > 0:
             return await self._record(gateway, order, found, exit_reason)
+        if verdict.rule in _MAY_EXIST_RULES:
+            # the venue may hold it (a timeout, a 5xx, a duplicate id) and its look-up may lag:
+            # "not found" is not absence yet; the next attempt looks again (egis.rules.submission)
+            raise not_yet(f"{verdict.reason}; order {order['client_order_id']} not found yet", seconds=2.0)
         raise VerifyNeeded(exc, verdict.reason)
 
     # ------------------------------------------------------------ the verified close (seed 003)
     @activity.defn(name="close_position")
     async def close_position(self, request: CloseInput) -> CloseResult:
         async with heartbeating():
-            return await self._close(request)
+            result = await self._close(request)
+        # every request that reached the exchange for this close, whichever path settled it and
+        # however many activity attempts it took (a 170131 before a ghost counts: it was sent)
+        sent = await self.deps.store.close_orders_sent(request.position_id, request.attempt)
+        return result.model_copy(update={"orders_sent": result.orders_sent + sent})
 
     async def _close(self, request: CloseInput) -> CloseResult:
         position = await self.deps.store.get_position(request.position_id)
@@ -259,7 +318,7 @@ class PositionActivities:
         side = Side(position["side"])
 
         # 0. a close order we already sent (a crash or a lost answer) is settled by client id first
-        resumed = await self._resume_sent_close(gateway, position, request.reason)
+        resumed = await self._resume_sent_close(gateway, position, request.reason, request.attempt)
         if resumed is not None:
             return resumed
         position = await self.deps.store.get_position(request.position_id)
@@ -311,35 +370,43 @@ class PositionActivities:
                 conn, position["id"], request.attempt, open_quantity, actor=_actor(), reason=request.reason
             )
         position = await self.deps.store.get_position(position["id"])
-        sent_before = order["submissions"]
         try:
             submitted = await self._submit(gateway, order, position, exit_reason=request.reason)
         except VerifyNeeded as ambiguous:
             return await self._verify_close(gateway, order, ambiguous)
         if isinstance(submitted, Refusal):
-            return await self._close_refused(order, submitted, orders_sent=order["submissions"] - sent_before)
+            return await self._close_refused(order, submitted)
         after = await self.deps.store.get_position(position["id"])
-        sent = (await self.deps.store.get_order_row(order["id"]))["submissions"] - sent_before
-        return _result_from_row(after, CloseOutcomeKind.CLOSED if after["status"] == "closed" else None, sent)
+        return _result_from_row(after, CloseOutcomeKind.CLOSED if after["status"] == "closed" else None, 0)
 
-    async def _resume_sent_close(self, gateway: Gateway, position: dict[str, Any], reason: str) -> CloseResult | None:
+    async def _resume_sent_close(
+        self, gateway: Gateway, position: dict[str, Any], reason: str, attempt: int
+    ) -> CloseResult | None:
         """If a close order of this position was sent but never recorded, record what the
         exchange says about it. Without this, a retry after a crash would find the position
-        gone (our own close filled it) and misread it as a ghost."""
+        gone (our own close filled it) and misread it as a ghost. The result counts the
+        resumed orders of earlier attempts (this attempt's are counted by the caller)."""
         resumed = 0
         for order in await self.deps.store.unsettled_orders(position["id"], Intent.CLOSE):
-            try:
-                found = await gateway.find_order(order["symbol"], order["client_order_id"])
-            except ExchangeCallError as exc:
-                raise read_failure(exc) from None
-            if found is not None and found.filled_quantity > 0:
+            found = await self._look_up(gateway, order)
+            step = submission.next_step(
+                Exchange(order["exchange"]),
+                order["submissions"],
+                _error_class(order),
+                _found(found),
+                _since_last_send(order),
+            )
+            if step is Step.WAIT:  # it may be on the exchange yet: deciding "ghost" now could be wrong
+                raise not_yet(f"close order {order['client_order_id']} may still be on the exchange: looking again")
+            if step is Step.RECORD and found is not None:
                 log.info(
                     "position %s: close order %s was filled before a restart; recording it",
                     position["id"],
                     order["client_order_id"],
                 )
                 await self._record(gateway, order, found, reason)
-                resumed += 1
+                if order["attempt"] != attempt:
+                    resumed += order["submissions"]
         after = await self.deps.store.get_position(position["id"])
         if db.is_final(after["status"]):
             return _result_from_row(after, CloseOutcomeKind.CLOSED, orders_sent=resumed)
@@ -370,16 +437,16 @@ class PositionActivities:
         if ambiguous.error.classify().rule in _TIMEOUT_RULES:
             raise transient(ambiguous.error, "the order was not found and the position is still open: resend")
         refusal = Refusal.of(ambiguous.error, f"{ambiguous.reason}, but the position is still open")
-        return await self._close_refused(order, refusal, orders_sent=1)
+        return await self._close_refused(order, refusal)
 
-    async def _close_refused(self, order: dict[str, Any], refusal: Refusal, *, orders_sent: int) -> CloseResult:
+    async def _close_refused(self, order: dict[str, Any], refusal: Refusal) -> CloseResult:
         """PERMANENT: stop, keep the position open with the error, wait for an operator."""
         async with self.deps.engine.begin() as conn:
             await db.record_order_error(
                 conn, order["id"], ErrorClass.PERMANENT, refusal.code, refusal.message, final=True
             )
             row = await db.reopen_after_failed_close(conn, order["position_id"], refusal.message, actor=_actor())
-        result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=orders_sent)
+        result = _result_from_row(row, CloseOutcomeKind.FAILED, orders_sent=0)
         return result.model_copy(
             update={
                 "error_class": ErrorClass.PERMANENT,
@@ -407,31 +474,33 @@ class PositionActivities:
         """Closed on the exchange: learn exit price and PnL from its trade history (NULL if not found)."""
         since = position["opened_at"] or position["created_at"]
         side = Side(position["side"])
+        open_quantity = position["quantity"] - position["closed_quantity"]
         try:
-            trades = await gateway.fetch_closing_trades(position["symbol"], side, since)
+            trades = await gateway.fetch_closing_trades(position["symbol"], side, since, open_quantity)
         except ExchangeCallError as exc:
+            if exc.retry_after:  # throttled or banned: wait it out rather than lose the exit for good
+                raise transient(exc, "trade history throttled") from None
             log.warning(
                 "position %s: trade history unavailable (%s); exit price and PnL stay unknown", position["id"], exc
             )
             trades = []
-        exit_price, realized = exit_from_trades(
+        exit_ = exit_from_trades(
             side,
             position["entry_price"],
-            position["quantity"] - position["closed_quantity"],
-            [ClosingTrade(t.price, t.quantity, t.realized_pnl) for t in trades],
+            open_quantity,
+            [ClosingTrade(t.price, t.quantity, t.realized_pnl, t.kind) for t in trades],
         )
         async with self.deps.engine.begin() as conn:
             row = await db.close_without_order(
                 conn,
                 position["id"],
-                exit_reason="closed_on_exchange",
-                exit_price=exit_price,
-                realized_pnl=realized,
+                exit_reason=exit_.reason,
+                exit_price=exit_.price,
+                realized_pnl=exit_.realized_pnl,
                 actor=_actor(),
                 why=why,
             )
-        orders_sent = 1 if outcome is CloseOutcomeKind.POSITION_NOT_FOUND else 0
-        return _result_from_row(row, outcome, orders_sent)
+        return _result_from_row(row, outcome, orders_sent=0)
 
     # ------------------------------------------------------------ sync hints
     @activity.defn(name="observe_position")
@@ -464,6 +533,46 @@ class PositionActivities:
                 )
             return ObserveResult(status=PositionStatus(position["status"]), changed="quantity_adjusted")
         return ObserveResult(status=PositionStatus(position["status"]), changed="none")
+
+
+_MAY_EXIST_RULES = frozenset(
+    {
+        "binance-unknown-status",
+        "timeout-after-send",
+        "unavailable-after-send",
+        "operation-failed-after-send",
+        "bybit-10016-after-send",
+        "binance-4116-duplicate",
+        "bybit-110072-duplicate",
+    }
+)
+"""VERIFY rules after which the order may exist on the venue (not a refusal in disguise)."""
+
+
+def _hedge_message(exchange: Exchange, account: str) -> str:
+    how = (
+        "Binance: Preferences > Position Mode > One-way Mode, or POST /fapi/v1/positionSide/dual dualSidePosition=false"
+        if exchange is Exchange.BINANCEUSDM
+        else "Bybit: POST /v5/position/switch-mode category=linear coin=USDT mode=0 (or the position mode "
+        "setting in the web UI)"
+    )
+    return (
+        f"{exchange.value}/{account} is in hedge mode; Egis keeps one net position per symbol and opens "
+        f"only on one-way accounts: switch it to one-way mode ({how}) with no position open, then retry"
+    )
+
+
+def _error_class(order: dict[str, Any]) -> ErrorClass | None:
+    return ErrorClass(order["error_class"]) if order["error_class"] else None
+
+
+def _found(report: OrderReport | None) -> submission.Found | None:
+    return None if report is None else submission.Found(report.status, report.filled_quantity > 0)
+
+
+def _since_last_send(order: dict[str, Any]) -> timedelta | None:
+    sent = order.get("submitted_at") or order.get("updated_at")
+    return None if sent is None else datetime.now(UTC) - sent
 
 
 _TIMEOUT_RULES = frozenset(

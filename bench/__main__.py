@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import budget, close_latency, ghosts, maintenance, throughput
+from bench import budget, close_latency, ghosts, maintenance, open_latency, throughput
 from bench.config import FULL, QUICK, Sizes
 from bench.env import BenchEnv, bench_env
 from bench.report import INVARIANTS, SectionResult, document, render, write
-from egis.cli import hard_exit
+from egis.process import hard_exit
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 Section = Callable[[BenchEnv, Sizes], Awaitable[SectionResult]]
@@ -30,6 +30,7 @@ SECTIONS: dict[str, Section] = {
     "3": ghosts.run,
     "4": maintenance.run,
     "5": budget.run,
+    "6": open_latency.run,
 }
 
 

@@ -20,6 +20,7 @@ class Sizes:
     sync_every_s: float  # section 3 (ii): the sync schedule's interval
     maintenance_rows: tuple[int, ...]  # section 4: synthetic table sizes
     maintenance_runs: int  # section 4: timed runs per query (the median is reported)
+    opens: int = 20  # section 6: opens, one after the other (and as many of each baseline)
     reservations: int = 200  # section 5: concurrent reservations
     budget_repeats: int = 3  # section 5: contended / spread runs, alternated
 
@@ -32,6 +33,7 @@ class Sizes:
             "lc": math.ceil(max(self.lifecycles, 2 * self.closes) / per),
             "gc": math.ceil(2 * self.ghost_closes / per),
             "gp": math.ceil(self.ghost_passive / per),
+            "op": math.ceil(self.opens / per),
         }
 
 
@@ -44,6 +46,7 @@ QUICK = Sizes(
     sync_every_s=2.0,
     maintenance_rows=(10_000, 100_000),
     maintenance_runs=5,
+    opens=20,
 )
 FULL = Sizes(
     mode="full",
@@ -54,4 +57,5 @@ FULL = Sizes(
     sync_every_s=2.0,
     maintenance_rows=(10_000, 100_000, 1_000_000),
     maintenance_runs=5,
+    opens=150,
 )

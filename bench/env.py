@@ -43,10 +43,11 @@ from egis.stack.stack import Stack
 
 POSITION_USD = Decimal(200)  # above every listed market's minimum order; 5 per account fit its margin
 BOT_BUDGET = Decimal(1_000_000)
-GROUP_EXCHANGES = {"lc": Exchange.BINANCEUSDM, "gc": Exchange.BYBIT, "gp": Exchange.BYBIT}
+GROUP_EXCHANGES = {"lc": Exchange.BINANCEUSDM, "gc": Exchange.BYBIT, "gp": Exchange.BYBIT, "op": Exchange.BINANCEUSDM}
 """Lifecycles on Binance USD-M; ghosts on Bybit, as in seed 003."""
 START_CONCURRENCY = 50
-WORKER_ENV = {"EGIS_SYNC_GRACE_SECONDS": "0", "EGIS_LOG_LEVEL": "WARNING"}
+WORKER_ENV = {"EGIS_SYNC_GRACE_SECONDS": "0", "EGIS_LOG_LEVEL": "WARNING", "EGIS_AUTO_SCHEDULES": "0"}
+"""No schedules the benchmark did not ask for: a 15 s exchange sync would race section 3's ghosts."""
 LOG_TAIL = 40  # lines of the worker's log shown when the benchmark fails
 
 

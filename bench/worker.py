@@ -15,8 +15,8 @@ import signal
 from temporalio.worker import Worker
 
 from bench.baseline import ACTIVITIES, BASELINE_QUEUE, WORKFLOWS
-from egis.cli import hard_exit
 from egis.config import Settings
+from egis.process import hard_exit
 from egis.temporal import connect
 from worker import run_worker
 
@@ -28,7 +28,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    client = await connect(settings.require_temporal_address(), settings.temporal_namespace)
+    client = await connect(settings)
     async with Worker(client, task_queue=BASELINE_QUEUE, workflows=WORKFLOWS, activities=ACTIVITIES):
         await run_worker(settings, stop, apply_migrations=False)
 

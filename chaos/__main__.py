@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from chaos.runner import LONG, QUICK, ChaosResult, run
-from egis.cli import hard_exit
 from egis.output import table
+from egis.process import hard_exit
 
 
 def render(result: ChaosResult) -> str:
@@ -26,7 +26,13 @@ def render(result: ChaosResult) -> str:
     rows = [{"what": "lifecycles", "count": sum(tally.kinds.values()), "detail": dict(tally.kinds)}]
     rows.append({"what": "outcomes", "count": sum(tally.outcomes.values()), "detail": dict(tally.outcomes)})
     rows.append({"what": "faults injected", "count": sum(tally.faults.values()), "detail": dict(tally.faults)})
+    rows.append(
+        {"what": "opens refused, by reason", "count": sum(tally.refusals.values()), "detail": dict(tally.refusals)}
+    )
     rows.append({"what": "operator close retries", "count": tally.operator_retries, "detail": ""})
+    rows.append(
+        {"what": "phantom cleanup (--confirm)", "count": tally.cleanup["cleanup runs"], "detail": dict(tally.cleanup)}
+    )
     rows.append({"what": "invariant violations (expected 0)", "count": len(result.violations), "detail": ""})
     rows.append({"what": "time to quiesce (s)", "count": round(result.quiesce_seconds, 1), "detail": ""})
     rows.append({"what": "wall time (s)", "count": round(result.wall_seconds, 1), "detail": ""})
@@ -62,6 +68,8 @@ def main() -> int:
                     "kinds": result.tally.kinds,
                     "outcomes": result.tally.outcomes,
                     "faults": result.tally.faults,
+                    "cleanup": result.tally.cleanup,
+                    "refusals": result.tally.refusals,
                     "violations": [str(v) for v in result.violations],
                     "quiesce_seconds": result.quiesce_seconds,
                     "wall_seconds": result.wall_seconds,

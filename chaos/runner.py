@@ -6,11 +6,16 @@ the exchange simulators spoken to by the real ccxt client, and the paper exchang
 drivers play the bots and the operator (they retry what an operator would retry); the monkey
 injects, at random points: worker kill -9 and restart, PostgreSQL restart, Temporal restart,
 and exchange faults (5xx, timeouts, accept-then-timeout, 429 bursts, misleading 170131 / -2022).
+Lifecycle kinds: normal, closed behind the bot's back (ghost, manual or found by the sync),
+aged, partly closed by hand, and a reversal (close a long, open a short at once: seed 000's
+phantom rule matches it; phantom cleanup runs with --confirm all along).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import shutil
 import tempfile
@@ -23,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from temporalio.service import RPCError
 
@@ -32,7 +38,7 @@ from egis.client import EgisClient
 from egis.config import Settings
 from egis.errors import EgisError, InvalidTransition, PositionAlreadyOpen, StackError
 from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
-from egis.models import AgedPolicy, BotSpec, CloseRequest, Exchange, OpenPositionInput
+from egis.models import AgedPolicy, BotSpec, CloseRequest, Exchange, OpenPositionInput, Side
 from egis.rules.sizing import floor_to_step
 from egis.simulator.control import SimulatorControl
 from egis.simulator.server import start_simulator
@@ -51,7 +57,11 @@ START_PRICES = {
     "DOGEUSDT": D("0.2"),
     "CLOUDUSDT": D("0.13012"),
 }
-KINDS = ["normal", "ghost_manual", "ghost_passive", "aged", "partial"]
+KINDS = ["normal", "ghost_manual", "ghost_passive", "aged", "partial", "reversal"]
+LEGACY_EVERY = 25
+"""One legacy phantom (seed 000's rows: no workflow, no orders) is planted per this many lifecycles."""
+JANITOR_SECONDS = 4.0
+"""Phantom cleanup runs with --confirm this often while the load runs (issue 11)."""
 AGED = AgedPolicy(max_age_s=2, grace_s=120, loss_step_pct=D("0.5"), max_loss_pct=D(5), expire_s=600)
 TRANSIENT = (RPCError, StackError, OSError, ConnectionError, DBAPIError, InterfaceError, TimeoutError)
 
@@ -80,6 +90,8 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     operator_retries: int = 0
+    cleanup: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)  # why opens were refused
 
 
 async def patient(call: Callable[[], Awaitable[T]], *, seconds: float = 120.0) -> T:
@@ -115,6 +127,8 @@ class Chaos:
         self.bots: dict[tuple[str, bool], str] = {}  # (account, aged) -> bot
         self.run_id = time.strftime("%H%M%S")
         self.prices = dict(START_PRICES)
+        self.violations: list[invariants.Violation] = []  # found during the run (after each cleanup)
+        self.refusals = self.tally.refusals
 
     # ------------------------------------------------------------ setup
     async def setup(self, accounts_dir: Path) -> None:
@@ -138,6 +152,9 @@ class Chaos:
                 write_account(accounts_dir, account, config)
                 if key:
                     self.api_keys[account] = key
+                if exchange is Exchange.BINANCEUSDM:  # owns the legacy rows seed 000 left behind
+                    spec = BotSpec(name=f"{account}-legacy", exchange=exchange, account=account, budget_usd=D(100000))
+                    await self.client.create_bot(spec, actor="chaos")
                 for aged in (False, True):
                     bot = f"{account}-{'aged' if aged else 'plain'}"
                     await self.client.create_bot(
@@ -166,6 +183,8 @@ class Chaos:
         slot = await self.slots.get()
         if slot.exchange is Exchange.PAPER and kind in ("ghost_manual", "ghost_passive", "partial"):
             kind = "normal"  # the paper exchange has no "behind our back"
+        if kind == "reversal" and slot.exchange is not Exchange.BINANCEUSDM:
+            kind = "normal"  # seed 000's phantom rule looks at Binance only
         self.tally.kinds[kind] += 1
         try:
             await self._lifecycle(kind, slot, n)
@@ -180,6 +199,14 @@ class Chaos:
         if view is None or view.status != "open":
             self.tally.outcomes["open_refused"] += 1
             return
+        if kind == "reversal":  # the bot reverses: close the long, then at once a short of the same size
+            await self._close_like_an_operator(view.workflow_id, view.position_id)
+            short = request.model_copy(update={"side": Side.SHORT, "ref": f"{ref}-s"})
+            view = await self._open(short)
+            if view is None or view.status != "open":
+                self.tally.outcomes["open_refused"] += 1
+                return
+            await asyncio.sleep(self.rng.uniform(2, 6))  # long enough for the janitor's cleanup to see it
         await asyncio.sleep(self.rng.uniform(0, 1.5))
         if kind in ("ghost_manual", "ghost_passive") and slot.api_key:
             await patient(lambda: self.sim.close_position(slot.api_key, slot.symbol))  # type: ignore[arg-type]
@@ -208,12 +235,15 @@ class Chaos:
 
         try:
             view = await patient(attempt)
-        except EgisError:
+        except EgisError as exc:
+            self.refusals[exc.code] += 1
             return None
         workflow_id = view.workflow_id
         while view.status == "opening":
             await asyncio.sleep(0.5)
             view = await patient(lambda: self.client.position_state(workflow_id))
+        if view.status != "open":
+            self.refusals[(view.last_error or view.status).split(":")[0]] += 1
         return view
 
     async def _close_like_an_operator(self, workflow_id: str, position_id: int) -> None:
@@ -240,6 +270,57 @@ class Chaos:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------ phantom cleanup, with --confirm
+    async def plant_legacy_phantom(self, n: int) -> None:
+        """Seed 000's leftovers as a legacy import has them (no workflow, no orders): a closed long
+        and the phantom short created with it. The cleanup must close it, unless the exchange
+        holds a short there that no live position accounts for."""
+        account = self.rng.choice(sorted(a for a in self.api_keys if "binan" in a))
+        bot = f"{account}-legacy"
+        symbol = self.rng.choice(SYMBOLS)
+        at = "now() - interval '1 hour'"
+        values = (
+            f"'{bot}', 'binanceusdm', '{account}', '{symbol}', {{side}}, {{status}}, {{quantity}}, 60000, 60000, "
+            f"150, {at}, {at}, {{closed}}"
+        )
+        columns = (
+            "uid, bot, exchange, account, symbol, side, status, quantity, entry_price, exit_price, size_usd, "
+            "created_at, opened_at, closed_at, exit_reason"
+        )
+        async with self.client.engine.begin() as conn:
+            for uid, side, status, quantity, closed in (
+                (f"legacy-l-{self.run_id}-{n}", "'long'", "'closed'", "0.0025", f"{at}, 'closed'"),
+                (f"legacy-s-{self.run_id}-{n}", "'short'", "'open'", "0", "NULL, NULL"),
+            ):
+                row = values.format(side=side, status=status, quantity=quantity, closed=closed)
+                await conn.execute(text(f"INSERT INTO positions ({columns}) VALUES ('{uid}', {row})"))
+        self.tally.cleanup["legacy phantoms planted"] += 1
+
+    async def janitor(self, stop: asyncio.Event) -> None:
+        """Phantom cleanup with --confirm, over and over while the load runs; after every run,
+        check that no repair closed a position the exchange still holds."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), JANITOR_SECONDS)
+            last = stop.is_set()
+            try:
+                report = await patient(
+                    lambda: self.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="chaos")
+                )
+            except EgisError:
+                if last:
+                    return
+                continue
+            self.tally.cleanup["cleanup runs"] += 1
+            for row in report.rows:
+                self.tally.cleanup[f"{row['verdict']} ({row['action']})"] += 1
+            self.violations += await patient(functools.partial(self._check_repairs, report.run_id))
+            if last:
+                return
+
+    async def _check_repairs(self, run_id: int) -> list[invariants.Violation]:
+        return await invariants.repairs_left_the_exchange_alone(self.client.engine, self.sim, self.api_keys, run_id)
 
     # ------------------------------------------------------------ the monkey
     async def monkey(self, duration: float) -> None:
@@ -351,10 +432,14 @@ async def run(config: ChaosConfig) -> ChaosResult:
 
             async def one(n: int) -> None:
                 async with load:
+                    if n % LEGACY_EVERY == LEGACY_EVERY - 1:
+                        await patient(lambda: chaos.plant_legacy_phantom(n))
                     await chaos.lifecycle(n)
 
             expected = config.lifecycles * 1.2
             monkey = asyncio.create_task(chaos.monkey(expected))
+            janitor_stop = asyncio.Event()
+            janitor = asyncio.create_task(chaos.janitor(janitor_stop))
             await asyncio.gather(*(one(n) for n in range(config.lifecycles)))
             await monkey
             await sim.clear_faults()
@@ -363,7 +448,10 @@ async def run(config: ChaosConfig) -> ChaosResult:
             load_done = time.monotonic()
             for row in await schedules.list_schedules(client.require_temporal(), settings.task_queue):
                 await client.require_temporal().get_schedule_handle(row["id"]).delete()
+            janitor_stop.set()
+            await janitor  # its last run, after every lifecycle ended, closes the legacy phantoms left
             violations = await quiesce(client, sim, chaos.api_keys, settings.task_queue)
+            violations = chaos.violations + violations
             quiesced = time.monotonic() - load_done
             return ChaosResult(config, chaos.tally, violations, quiesced, time.monotonic() - started)
     finally:

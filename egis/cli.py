@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import logging
 import os
 import signal
 import sys
@@ -23,7 +22,9 @@ from pydantic import ValidationError
 
 from egis.config import Settings
 from egis.errors import EgisError, InvalidInput, StackError
-from egis.output import table, to_json
+from egis.models import excerpt
+from egis.output import cell, table, to_json
+from egis.process import hard_exit
 
 EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -51,6 +52,24 @@ def decimal_arg(text: str) -> Decimal:
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An integer argument within [low, high] (every input has a documented bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {excerpt(text)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return parse
+
+
+PORT = bounded_int(0, 65535)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -264,7 +283,7 @@ async def cmd_open(args: argparse.Namespace) -> int:
         print(to_json(view))
     elif view.status == "open":
         print(
-            f"opened {view.workflow_id}: {view.side} {view.quantity} {view.symbol} @ {view.entry_price} "
+            f"opened {view.workflow_id}: {view.side} {cell(view.quantity)} {view.symbol} @ {cell(view.entry_price)} "
             f"(position {view.position_id})"
         )
     else:
@@ -288,8 +307,8 @@ async def cmd_close(args: argparse.Namespace) -> int:
     else:
         line = f"{args.position}: {result.outcome} (status {result.status}"
         if result.exit_reason:
-            line += f", {result.exit_reason} @ {result.exit_price if result.exit_price is not None else 'unknown'}"
-            line += f", pnl {result.realized_pnl if result.realized_pnl is not None else 'unknown'}"
+            line += f", {result.exit_reason} @ {cell(result.exit_price, 'unknown')}"
+            line += f", pnl {cell(result.realized_pnl, 'unknown')}"
         line += f", orders sent {result.orders_sent})"
         if result.error_message:
             line += f": {result.error_message}"
@@ -301,8 +320,20 @@ async def cmd_positions(args: argparse.Namespace) -> int:
     from egis.client import EgisClient
 
     async with EgisClient.from_settings(settings_from(args), temporal=False) as client:
-        rows = await client.positions(bot=args.bot, status=args.status, limit=args.limit)
-    print(to_json(rows) if args.json else table(rows, POSITION_COLUMNS))
+        if args.orphans:
+            rows = await client.orphans()
+        else:
+            rows = await client.positions(bot=args.bot, status=args.status, limit=args.limit)
+    if args.json:
+        print(to_json(rows))
+    elif args.orphans:
+        print(table(rows, ["exchange", "account", "symbol", "side", "quantity", "seen_at", "sync_run"]))
+        print(
+            "orphans: on the exchange, tracked by no live Egis position (never adopted or closed by Egis; "
+            "opens in that symbol are refused). As of each account's last sync; `egis sync` refreshes."
+        )
+    else:
+        print(table(rows, POSITION_COLUMNS))
     return EXIT_OK
 
 
@@ -346,13 +377,19 @@ def _print_report(report: Any, as_json: bool, columns: list[str]) -> None:
     )
     if report.rows:
         print(table(report.rows, columns))
-    if report.mode == "dry_run" and report.rows:
+    repairable = [r for r in report.rows if r.get("action", "would repair") in ("would close", "would repair")]
+    if report.mode == "dry_run" and repairable:
         print(
             "dry run: nothing was changed"
             + (f" (repair with {'--fix' if 'reconcile' in report.kind else '--confirm'})")
         )
-    elif report.repaired:
+    elif report.mode == "dry_run" and report.rows:
+        print("dry run: nothing was changed")
+    if report.repaired:
         print(f"repaired {report.repaired}, audited; running workflows told: {report.told}")
+    left = [r for r in report.rows if r.get("action") == "left open"]
+    if left:
+        print(f"left open: {len(left)} (the seed rule matched, but they are not proven phantoms; see REASON)")
 
 
 async def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -372,7 +409,18 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
     _print_report(
         report,
         args.json,
-        ["short_id", "long_id", "bot", "symbol", "short_quantity", "entry_price", "size_usd", "gap_seconds"],
+        [
+            "short_id",
+            "long_id",
+            "bot",
+            "symbol",
+            "short_quantity",
+            "entry_price",
+            "size_usd",
+            "gap_seconds",
+            "action",
+            "reason",
+        ],
     )
     return EXIT_OK
 
@@ -431,20 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, parser_class=_Parser)
     up = dev_sub.add_parser("up", help="start PostgreSQL, Temporal (web UI) and the worker; Ctrl-C stops all")
     _common(up)
-    up.add_argument("--temporal-port", type=int, help="Temporal gRPC port (default 7233)")
-    up.add_argument("--ui-port", dest="temporal_ui_port", type=int, help="Temporal web UI port (default 8233)")
-    up.add_argument("--pg-port", dest="postgres_port", type=int, help="PostgreSQL port (default 55432)")
-    up.add_argument("--metrics-port", type=int, help="worker /metrics port (default 9464)")
+    up.add_argument("--temporal-port", type=PORT, help="Temporal gRPC port (default 7233)")
+    up.add_argument("--ui-port", dest="temporal_ui_port", type=PORT, help="Temporal web UI port (default 8233)")
+    up.add_argument("--pg-port", dest="postgres_port", type=PORT, help="PostgreSQL port (default 55432)")
+    up.add_argument("--metrics-port", type=PORT, help="worker /metrics port (default 9464)")
     up.add_argument("--no-worker", action="store_true", help="start the servers only")
     up.set_defaults(func=cmd_dev_up)
 
     demo = sub.add_parser("demo", help="bring the stack up, replay the seed incidents, print what happened")
     _common(demo)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    demo.add_argument("--temporal-port", type=int)
-    demo.add_argument("--ui-port", dest="temporal_ui_port", type=int)
-    demo.add_argument("--pg-port", dest="postgres_port", type=int)
-    demo.add_argument("--metrics-port", type=int)
+    demo.add_argument("--temporal-port", type=PORT)
+    demo.add_argument("--ui-port", dest="temporal_ui_port", type=PORT)
+    demo.add_argument("--pg-port", dest="postgres_port", type=PORT)
+    demo.add_argument("--metrics-port", type=PORT)
     demo.set_defaults(func=cmd_demo)
 
     wk = sub.add_parser("worker", help="run the worker (same as python worker.py)")
@@ -495,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     open_.add_argument("--usd", required=True, type=decimal_arg, help="size in USD (the budget it reserves)")
     open_.add_argument("--ref", required=True, help="your reference; a (bot, ref) pair opens at most one position")
     open_.add_argument("--no-wait", action="store_true", help="return once started")
-    open_.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the fill")
+    open_.add_argument("--timeout", type=bounded_int(1, 3600), default=60, help="seconds to wait for the fill (1-3600)")
     open_.add_argument("--json", action="store_true")
     open_.set_defaults(func=cmd_open)
 
@@ -511,7 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pos)
     pos.add_argument("--bot")
     pos.add_argument("--status", choices=["opening", "open", "closing", "closed", "failed"])
-    pos.add_argument("--limit", type=int, default=100)
+    pos.add_argument("--limit", type=bounded_int(1, 10000), default=100, help="at most this many rows (1-10000)")
+    pos.add_argument(
+        "--orphans", action="store_true", help="positions the exchange holds that Egis does not (from the last sync)"
+    )
     pos.add_argument("--json", action="store_true")
     pos.set_defaults(func=cmd_positions)
 
@@ -549,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     sched_sub = sched.add_subparsers(dest="schedules_command", required=True, parser_class=_Parser)
     install = sched_sub.add_parser("install", help="create or update (idempotent)")
     _common(install)
-    install.add_argument("--sync-every", type=int, default=15, help="seconds between exchange syncs")
+    install.add_argument(
+        "--sync-every", type=bounded_int(1, 86400), default=15, help="seconds between exchange syncs (1-86400)"
+    )
     install.add_argument("--reconcile-fix", action="store_true", help="scheduled reconciliation repairs")
     install.add_argument("--cleanup-confirm", action="store_true", help="scheduled cleanup closes phantoms")
     install.set_defaults(func=cmd_schedules)
@@ -565,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulator = sub.add_parser("simulator", help="run a local exchange simulator (tests, demo; never production)")
     simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])
-    simulator.add_argument("--port", type=int, default=8901)
+    simulator.add_argument("--port", type=PORT, default=8901)
     simulator.add_argument("--host", default="127.0.0.1")
     simulator.set_defaults(func=cmd_simulator, sync=True)
 
@@ -585,16 +638,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "sync", False):
         return args.func(args)
     return run(lambda: args.func(args))
-
-
-def hard_exit(code: int) -> None:
-    """Flush and leave without interpreter finalization: the Temporal SDK's native core can
-    abort in it (temporalio sdk-python#300, "PyGILState_Release"), turning a success into exit
-    code 134. Every entry point ends here."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def entrypoint() -> None:

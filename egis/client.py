@@ -50,6 +50,7 @@ from egis.errors import (
     rebuild,
 )
 from egis.models import (
+    POSITION_WORKFLOW_RE,
     SA_BOT_ID,
     SA_EXCHANGE,
     SA_POSITION_SIDE,
@@ -70,6 +71,7 @@ from egis.models import (
     PositionWorkflowInput,
     SyncInput,
     SyncReport,
+    excerpt,
     position_workflow_id,
 )
 from egis.temporal import connect
@@ -176,15 +178,15 @@ class EgisClient:
 
     async def workflow_id_of(self, position: str) -> str:
         """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""
-        if position.isascii() and position.isdigit():
+        if position.isascii() and position.isdigit() and len(position) <= 19:
             if not 0 < int(position) < 2**63:
                 raise InvalidInput(f"position id {position} is out of range")
             row = await self.store.get_position(int(position))
             if not row["workflow_id"]:
                 raise PositionNotFound(f"position {position} has no workflow (imported from a legacy system)")
             return row["workflow_id"]
-        if not position.startswith("pos-"):
-            raise InvalidInput(f"{position!r} is neither a position id nor a workflow id (pos-<bot>-<ref>)")
+        if not POSITION_WORKFLOW_RE.fullmatch(position):
+            raise InvalidInput(f"{excerpt(position)} is neither a position id nor a workflow id (pos-<bot>-<ref>)")
         return position
 
     async def close_position(self, position: str, request: CloseRequest, *, wait: bool = True) -> CloseResult | None:
@@ -219,6 +221,34 @@ class EgisClient:
     ) -> list[dict[str, Any]]:
         """Positions from the database (the single source of truth), newest first."""
         return await self.store.list_positions(bot=bot, status=status, limit=limit)
+
+    async def orphans(self) -> list[dict[str, Any]]:
+        """Positions the exchange holds that no live Egis position accounts for, as each live
+        account's most recent exchange sync saw them (never adopted or closed by Egis)."""
+        from egis.db.maintenance import latest_runs
+
+        live = {f"{exchange.value}/{account}" for exchange, account in await self.live_accounts()}
+        async with self.engine.connect() as conn:
+            runs = await latest_runs(conn, "exchange_sync")
+        rows = []
+        for run in runs:
+            if run["scope"] not in live:
+                continue
+            exchange, _, account = run["scope"].partition("/")
+            rows.extend(
+                {
+                    "exchange": exchange,
+                    "account": account,
+                    "symbol": item["symbol"],
+                    "side": item["side"],
+                    "quantity": Decimal(item["quantity"]),
+                    "seen_at": run["finished_at"],
+                    "sync_run": run["id"],
+                }
+                for item in run["report"]
+                if item.get("kind") == "orphan"
+            )
+        return rows
 
     # ------------------------------------------------------------ maintenance
     async def require_worker(self, wait: float = 10.0) -> None:
@@ -306,9 +336,7 @@ class _Connector:
         temporal_client = None
         if self.want_temporal:
             try:
-                temporal_client = await connect(
-                    self.settings.require_temporal_address(), self.settings.temporal_namespace
-                )
+                temporal_client = await connect(self.settings)  # profile / TEMPORAL_* / settings / embedded stack
             except Exception:
                 await engine.dispose()
                 raise

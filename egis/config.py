@@ -2,7 +2,8 @@
 
 `DATABASE_URL` and `TEMPORAL_ADDRESS` name production servers. When they are unset, commands
 use the embedded stack that `egis dev up` started under the data dir (it writes the addresses
-to `<data dir>/stack.json`), and `egis dev up` itself starts that stack.
+to `<data dir>/stack.json`), and `egis dev up` itself starts that stack. How Temporal is dialled
+(a Temporal client profile, API key, TLS) is resolved in `egis/temporal.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field(
         default="default", validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "EGIS_TEMPORAL_NAMESPACE")
     )
+    # EGIS_REGISTER_SEARCH_ATTRIBUTES: may the worker add missing search attributes at start?
+    # Unset: only on the embedded stack; elsewhere it checks and names the commands to run.
+    register_search_attributes: bool | None = None
     task_queue: str = "egis"
     accounts_dir: Path | None = None  # default: <data dir>/accounts
 
@@ -41,6 +45,7 @@ class Settings(BaseSettings):
     # behaviour
     watch_tick_seconds: float = 5.0
     sync_grace_seconds: float = 10.0  # exchange sync leaves positions younger than this alone
+    auto_schedules: bool = True  # the worker creates missing maintenance/sync schedules (safe defaults)
     log_level: str = "INFO"
 
     @property

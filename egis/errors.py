@@ -55,15 +55,25 @@ class BudgetExceeded(EgisError):
 
     def __init__(self, bot: str, requested: Decimal, available: Decimal) -> None:
         super().__init__(
-            f"not enough budget for bot {bot!r}: available ${available}, requested ${requested}",
+            f"not enough budget for bot {bot!r}: available ${available:f}, requested ${requested:f}",
             bot=bot,
-            requested=str(requested),
-            available=str(available),
+            requested=format(requested, "f"),
+            available=format(available, "f"),
         )
 
 
 class PositionAlreadyOpen(EgisError):
     """The bot already has a non-final position in this symbol and side (or the account nets it)."""
+
+
+class UntrackedExchangePosition(EgisError):
+    """The exchange account holds a position in the symbol that no live Egis position accounts
+    for: an open would net against it (one-way mode), so it is refused before anything is written."""
+
+
+class HedgeModeAccount(EgisError):
+    """The exchange account runs in hedge mode; Egis keeps one net position per account and
+    symbol (one-way mode) and refuses to open there until the account is switched."""
 
 
 class IntentViolation(EgisError):
@@ -101,6 +111,8 @@ ALL_ERRORS: dict[str, type[EgisError]] = {
         DuplicateBot,
         BudgetExceeded,
         PositionAlreadyOpen,
+        UntrackedExchangePosition,
+        HedgeModeAccount,
         IntentViolation,
         PositionNotFound,
         InvalidTransition,

@@ -6,7 +6,7 @@ them are in `deploy/prometheus-alerts.yml`.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 GHOST_POSITIONS = Counter(
     "ghost_positions_detected", "Positions found missing on the exchange before any close order", ["exchange"]
@@ -32,3 +32,24 @@ ORDERS_SUBMITTED = Counter(
 CLOSE_ATTEMPTS = Counter("close_attempts", "Close activity executions (each verify-then-close pass)", ["exchange"])
 SYNC_FINDINGS = Counter("sync_findings", "Exchange-sync findings by kind", ["exchange", "kind"])
 MAINTENANCE_FINDINGS = Counter("maintenance_findings", "Reconcile/cleanup findings by job and kind", ["job", "kind"])
+ORPHAN_POSITIONS = Gauge(
+    "orphan_positions",
+    "Positions the exchange account holds that no live Egis position accounts for, at its last sync "
+    "(never adopted or closed by Egis; an open in that symbol is refused)",
+    ["exchange", "account"],
+)
+EXCHANGE_BACKOFF_SECONDS = Gauge(
+    "exchange_backoff_seconds",
+    "Seconds until requests to the account may go out again (a venue's Retry-After, a ban); 0 when none",
+    ["exchange", "account"],
+)
+EXCHANGE_BACKOFFS = Counter(
+    "exchange_backoffs",
+    "Throttling answers (429, 418, Bybit 10006 / 403) that started a back-off",
+    ["exchange", "account"],
+)
+EXCHANGE_CLOCK_SKEW_MS = Gauge(
+    "exchange_clock_skew_ms",
+    "Our clock minus the venue's, as last measured (signing uses the venue's)",
+    ["exchange", "account"],
+)

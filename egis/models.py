@@ -70,6 +70,12 @@ class ErrorClass(StrEnum):
     VERIFY = "verify"
 
 
+def fixed(value: Decimal) -> Decimal:
+    """The same number without an exponent: a division can yield Decimal('6E+4'), which prints
+    as "6E+4" in tables, JSON and the web UI; money and quantities always print as 60000."""
+    return Decimal(format(value, "f")) if value.is_finite() else value
+
+
 def order_side_for(intent: Intent, position_side: Side) -> OrderSide:
     """Open a long = buy; close a long = sell. The mapping is the whole of seed 000's ambiguity."""
     opens_long = (intent is Intent.OPEN) == (position_side is Side.LONG)
@@ -77,30 +83,50 @@ def order_side_for(intent: Intent, position_side: Side) -> OrderSide:
 
 
 # ---------------------------------------------------------------- identifier validation
-BOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-ACCOUNT_RE = BOT_NAME_RE
-REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}(USDT|USDC)$")
-REASON_RE = re.compile(r"^[a-z0-9][a-z0-9_ .:-]{0,63}$")
+# Every string that crosses a boundary (CLI, client, signal, update, workflow input) has a
+# documented maximum length (README, "Input bounds"); the patterns below enforce it.
+MAX_BOT_NAME = 40
+MAX_ACCOUNT = 40
+MAX_REF = 64
+MAX_SYMBOL = 24
+MAX_REASON = 64
+BOT_NAME_RE = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{MAX_BOT_NAME - 1}}}$")
+ACCOUNT_RE = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{MAX_ACCOUNT - 1}}}$")
+REF_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_REF - 1}}}$")
+SYMBOL_RE = re.compile(rf"^[A-Z0-9]{{1,{MAX_SYMBOL - 4}}}(USDT|USDC)$")
+REASON_RE = re.compile(rf"^[a-z0-9][a-z0-9_ .:-]{{0,{MAX_REASON - 1}}}$")
 
 MAX_USD = Decimal("1000000000")  # a billion dollars: anything above is a typo, not a trade
 MAX_QUANTITY = Decimal("1000000000000")
+EXCERPT = 40
+"""At most this many characters of a refused value are repeated in an error or a log line."""
 
 
-def _matches(pattern: re.Pattern[str], what: str, example: str) -> AfterValidator:
+def excerpt(value: object, limit: int = EXCERPT) -> str:
+    """A short, safe rendering of a value someone sent us: never the whole of an oversize input."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    shown = text[:limit]
+    return f"{shown!r}… ({len(text)} characters)" if isinstance(value, str) else f"{shown}… ({len(text)} characters)"
+
+
+def _matches(pattern: re.Pattern[str], what: str, example: str, max_length: int) -> AfterValidator:
     def check(value: str) -> str:
+        if len(value) > max_length:
+            raise ValueError(f"{what} too long: {len(value)} characters, at most {max_length}")
         if not pattern.fullmatch(value):
-            raise ValueError(f"invalid {what} {value!r}: expected something like {example!r}")
+            raise ValueError(f"invalid {what} {excerpt(value)}: expected something like {example!r}")
         return value
 
     return AfterValidator(check)
 
 
-BotName = Annotated[str, _matches(BOT_NAME_RE, "bot name", "alpha-1 (lowercase, digits, - or _)")]
-AccountRef = Annotated[str, _matches(ACCOUNT_RE, "account reference", "binance-main")]
-PositionRef = Annotated[str, _matches(REF_RE, "position reference", "sig-20261122-001")]
-Symbol = Annotated[str, _matches(SYMBOL_RE, "symbol", "BTCUSDT")]
-Reason = Annotated[str, _matches(REASON_RE, "reason", "manual")]
+BotName = Annotated[str, _matches(BOT_NAME_RE, "bot name", "alpha-1 (lowercase, digits, - or _)", MAX_BOT_NAME)]
+AccountRef = Annotated[str, _matches(ACCOUNT_RE, "account reference", "binance-main", MAX_ACCOUNT)]
+PositionRef = Annotated[str, _matches(REF_RE, "position reference", "sig-20261122-001", MAX_REF)]
+Symbol = Annotated[str, _matches(SYMBOL_RE, "symbol", "BTCUSDT", MAX_SYMBOL)]
+Reason = Annotated[str, _matches(REASON_RE, "reason", "manual (lowercase words)", MAX_REASON)]
 
 
 def _finite_positive(value: Decimal, limit: Decimal, what: str) -> Decimal:
@@ -433,12 +459,34 @@ class SyncReport(BaseModel):
     unmanaged: list[int] = Field(default_factory=list)  # findings whose workflow is not running
 
 
+class AccountInput(BaseModel):
+    exchange: Exchange
+    account: str
+
+
+class HeldPosition(BaseModel):
+    symbol: str
+    side: Side
+    quantity: Decimal
+
+
+class AccountPositions(BaseModel):
+    """One read of an exchange account's open positions, or why it could not be read: the
+    evidence a repair needs before it may touch a position the exchange might still hold."""
+
+    exchange: Exchange
+    account: str
+    positions: list[HeldPosition] = Field(default_factory=list)
+    error: str | None = None
+
+
 class MaintenanceInput(BaseModel):
     """Paper reconciliation (`apply` = --fix) and phantom-short cleanup (`apply` = --confirm)."""
 
     apply: bool = False
     debug: bool = False
     actor: str = "schedule"
+    exchange_reads: list[AccountPositions] = Field(default_factory=list)  # filled in by the workflow
 
 
 class MaintenanceReport(BaseModel):
@@ -468,6 +516,12 @@ SA_EXCHANGE = SearchAttributeKey.for_keyword("Exchange")
 SA_POSITION_SIDE = SearchAttributeKey.for_keyword("PositionSide")
 SA_POSITION_STATUS = SearchAttributeKey.for_keyword("PositionStatus")
 ALL_SEARCH_ATTRIBUTES = [SA_BOT_ID, SA_SYMBOL, SA_EXCHANGE, SA_POSITION_SIDE, SA_POSITION_STATUS]
+
+
+POSITION_WORKFLOW_RE = re.compile(
+    rf"^pos-[a-z0-9][a-z0-9_-]{{0,{MAX_BOT_NAME - 1}}}-[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_REF - 1}}}$"
+)
+"""What `egis close | show` accept besides a numeric position id (at most 109 characters)."""
 
 
 def position_workflow_id(bot: str, ref: str) -> str:

@@ -33,10 +33,11 @@ def to_json(value: Any) -> str:
     return json.dumps(plain(value), indent=2, sort_keys=False)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any, missing: str = "-") -> str:
+    """One value as a table cell or inside a sentence: plain decimals (60000, never 6E+4)."""
     value = plain(value)
     if value is None:
-        return "-"
+        return missing
     if isinstance(value, str) and "T" in value and value[:4].isdigit() and len(value) > 19:
         return value[:19].replace("T", " ")
     return str(value)
@@ -44,7 +45,7 @@ def _cell(value: Any) -> str:
 
 def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, title: str | None = None) -> str:
     """Render rows as an aligned text table with the given columns."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = []
     if title:

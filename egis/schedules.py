@@ -1,7 +1,9 @@
 """Temporal Schedules for the maintenance workflows (`egis schedules ...`).
 
-`install` is idempotent: it creates each schedule, or updates it in place if it exists, so
-running it again never duplicates. Schedules are visible and controllable in the web UI too.
+The worker creates every missing schedule itself, with the safe defaults (`ensure`: at start,
+and an account's sync as soon as it discovers the account); it never changes one that exists.
+`install` is idempotent too: it creates each schedule, or updates it in place if it exists (to
+change the options), so running it again never duplicates. Schedules are visible and controllable in the web UI too.
 Ids are prefixed with the main task queue, so several deployments can share a namespace.
 
 - <queue>-sync-<exchange>-<account>: exchange sync for each live-exchange account, every 15 s
@@ -11,6 +13,7 @@ Ids are prefixed with the main task queue, so several deployments can share a na
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -42,7 +45,9 @@ class Options:
     cleanup_confirm: bool = False
 
 
-def desired(queue: str, accounts: list[tuple[Exchange, str]], options: Options) -> dict[str, Schedule]:
+def desired(
+    queue: str, accounts: list[tuple[Exchange, str]], options: Options, *, maintenance: bool = True
+) -> dict[str, Schedule]:
     def schedule(workflow: str, arg: Any, workflow_id: str, every: timedelta, note: str) -> Schedule:
         return Schedule(
             action=ScheduleActionStartWorkflow(
@@ -63,6 +68,8 @@ def desired(queue: str, accounts: list[tuple[Exchange, str]], options: Options) 
             options.sync_every,
             f"exchange sync of {exchange.value}/{account}: ghosts and drifts to their workflows, orphans reported",
         )
+    if not maintenance:
+        return schedules
     sid = f"{queue}-reconcile-paper"
     schedules[sid] = schedule(
         "PaperReconcileWorkflow",
@@ -93,12 +100,34 @@ async def install(
             done.append((sid, "created"))
         except ScheduleAlreadyRunningError:
 
-            def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+            def replace(current: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+                # new options, but a schedule the operator paused stays paused
+                was = current.description.schedule.state
+                if was.paused:
+                    note = f"{new.state.note}; paused ({was.note or 'by an operator'})"
+                    new = dataclasses.replace(new, state=dataclasses.replace(new.state, paused=True, note=note))
                 return ScheduleUpdate(schedule=new)
 
             await client.get_schedule_handle(sid).update(replace)
             done.append((sid, "updated"))
     return done
+
+
+async def ensure(
+    client: Client, queue: str, accounts: list[tuple[Exchange, str]], *, maintenance: bool = True
+) -> list[str]:
+    """Create each schedule that does not exist yet, with the safe defaults (reconcile without
+    --fix, cleanup without --confirm, sync every 15 s); returns the ids created. A schedule that
+    exists is never touched: its options, interval and paused state are the operator's. The
+    worker calls this at start (maintenance) and whenever it discovers an account (its sync)."""
+    created = []
+    for sid, schedule in desired(queue, accounts, Options(), maintenance=maintenance).items():
+        try:
+            await client.create_schedule(sid, schedule)
+        except ScheduleAlreadyRunningError:
+            continue
+        created.append(sid)
+    return created
 
 
 async def list_schedules(client: Client, queue: str) -> list[dict[str, Any]]:

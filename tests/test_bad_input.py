@@ -48,7 +48,12 @@ def open_input(**overrides: object) -> dict[str, object]:
         ("usd", "10.001", "2 decimal places"),
         ("symbol", "btcusdt", "invalid symbol"),
         ("symbol", "BTC/USDT", "invalid symbol"),
-        ("symbol", "BTCUSDT; DROP TABLE positions", "invalid symbol"),
+        ("symbol", "BTCUSDT; DROP TABLE positions", "symbol too long: 29 characters, at most 24"),
+        ("symbol", "BTC;DROP TABLE USDT", "invalid symbol"),
+        ("symbol", "A" * 21 + "USDT", "symbol too long: 25 characters, at most 24"),
+        ("bot", "a" * 41, "bot name too long: 41 characters, at most 40"),
+        ("ref", "r" * 65, "position reference too long: 65 characters, at most 64"),
+        ("ref", "r" * 1_000_000, "position reference too long: 1000000 characters, at most 64"),
         ("symbol", "ВТСUSDT", "invalid symbol"),
         ("symbol", "", "invalid symbol"),
         ("side", "sell", "long"),
@@ -57,8 +62,9 @@ def open_input(**overrides: object) -> dict[str, object]:
     ],
 )
 def test_open_request_validation(field: str, value: str, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match=message) as refused:
         OpenPositionInput.model_validate(open_input(**{field: value}))
+    assert len(str(refused.value)) < 1000  # never the whole of an oversize input
 
 
 def test_unknown_exchange_and_bad_budget_are_refused() -> None:

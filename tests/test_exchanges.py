@@ -188,7 +188,7 @@ async def test_close_failed_reopens_the_position_and_retires_the_unsent_close_or
     async with deps.engine.begin() as conn:
         order = await db.begin_close(conn, reserved.position_id, 1, D("0.002"), actor="test", reason="manual")
     assert (await deps.store.get_position(reserved.position_id))["status"] == "closing"
-    (stuck,) = await invariants.unsent_orders_retired(deps.engine)  # the chaos invariant sees it
+    (stuck,) = await invariants.orders_settled(deps.engine)  # the chaos invariant sees it
     assert stuck.invariant == "orders_settled" and order["client_order_id"] in stuck.detail
     result = await ActivityEnvironment().run(
         acts.close_failed, CloseFailedInput(position_id=reserved.position_id, error="credentials rejected")
@@ -198,7 +198,7 @@ async def test_close_failed_reopens_the_position_and_retires_the_unsent_close_or
     assert row["status"] == "open" and row["last_error"] == "credentials rejected" and row["quantity"] == D("0.002")
     after = await deps.store.get_order_row(order["id"])
     assert after["status"] == "not_sent" and after["error_message"] == "credentials rejected"
-    assert await invariants.unsent_orders_retired(deps.engine) == []
+    assert await invariants.orders_settled(deps.engine) == []
     async with deps.engine.connect() as conn:
         audit = (
             await conn.execute(

@@ -6,16 +6,25 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import ccxt.async_support as ccxt_async
 import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import Deps
 from egis import metrics
-from egis.db.schema import orders, positions
-from egis.errors import BudgetExceeded, InvalidTransition, PositionAlreadyOpen, QuantityRejected, UnknownSymbol
+from egis.db.schema import orders, paper_positions, positions
+from egis.errors import (
+    BudgetExceeded,
+    InvalidTransition,
+    PositionAlreadyOpen,
+    QuantityRejected,
+    UnknownSymbol,
+    UntrackedExchangePosition,
+)
+from egis.exchanges.local import point_to_local
 from egis.models import CloseOutcomeKind, CloseRequest, Exchange, OpenPositionInput, PositionResult
 from egis.simulator.control import SimulatorControl
 from tests.conftest import SIM_KEYS
@@ -103,7 +112,7 @@ async def test_seed_000_closing_a_long_never_leaves_a_short(h: Harness, sim_cont
 
 async def test_duplicate_start_with_the_same_reference_is_refused_and_creates_nothing(h: Harness) -> None:
     bot = await h.bot(Exchange.PAPER)
-    request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("100"), ref="same-ref")
+    request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("120"), ref="same-ref")
     await h.client.open_position(request)
     with pytest.raises(PositionAlreadyOpen, match="already started"):
         await h.client.open_position(request)
@@ -343,3 +352,95 @@ async def _no_violations(h: Harness, sim_control: SimulatorControl, keys: dict[s
     from chaos import invariants
 
     return await invariants.check(h.deps.engine, sim_control, keys, h.temporal, h.queue) == []
+
+
+async def _orphan_on_the_exchange(sim_control: SimulatorControl, exchange: str, symbol: str, side: str) -> str:
+    """Someone trades the account by hand: a position Egis does not know."""
+    key, secret = SIM_KEYS[exchange]
+    cls = ccxt_async.binanceusdm if exchange == "binanceusdm" else ccxt_async.bybit
+    ex = point_to_local(cls({"apiKey": key, "secret": secret, "enableRateLimit": False}), sim_control.base_url)
+    try:
+        await ex.load_markets()
+        ccxt_symbol = f"{symbol.removesuffix('USDT')}/USDT:USDT"
+        await ex.create_order(ccxt_symbol, "market", side, "0.002", None, {"clientOrderId": "by-hand-1"})
+    finally:
+        await ex.close()
+    return key
+
+
+@pytest.mark.parametrize("exchange", [Exchange.BINANCEUSDM, Exchange.BYBIT])
+async def test_an_open_never_nets_against_a_position_egis_does_not_know(
+    h: Harness, sim_control: SimulatorControl, exchange: Exchange
+) -> None:
+    """Issue 11: the exchange holds BTCUSDT -0.002 that Egis does not track; an open long there
+    would net it to 0 while the database said "long open". Refused before anything is written or
+    sent; another symbol is fine."""
+    key = await _orphan_on_the_exchange(sim_control, exchange.value, "BTCUSDT", "sell")
+    bot = await h.bot(exchange)
+    with pytest.raises(UntrackedExchangePosition) as refused:
+        await h.open(bot, symbol="BTCUSDT", side="long")
+    message = str(refused.value)
+    assert "short BTCUSDT position of 0.002" in message and "egis sync" in message and "\n" not in message
+    assert await db_positions(h) == []
+    assert [o["client_order_id"] for o in await sim_control.orders(key)] == ["by-hand-1"]  # nothing sent
+    view = await h.open(bot, symbol="ETHUSDT", side="long")
+    assert view.status == "open"
+
+
+async def test_a_paper_open_checks_paper_positions_too(h: Harness) -> None:
+    bot = await h.bot(Exchange.PAPER)
+    async with h.deps.engine.begin() as conn:  # a paper position nobody tracks (a legacy row)
+        await conn.execute(
+            paper_positions.insert().values(
+                account="paper-1", symbol="BTCUSDT", side="short", status="open", quantity=D(1), entry_price=D(60000)
+            )
+        )
+    with pytest.raises(UntrackedExchangePosition, match="paper/paper-1 holds a short BTCUSDT position of 1"):
+        await h.open(bot, symbol="BTCUSDT")
+    assert await db_positions(h) == []
+
+
+async def test_170131_after_failed_reads_leaves_no_pending_order_and_counts_the_send(
+    h: Harness, sim_control: SimulatorControl
+) -> None:
+    """Issue 11: the position reads fail twice, the close goes out, Bybit answers 170131, then the
+    position is found gone: closed_on_exchange, its close order rejected with the code (not
+    pending), and orders_sent says 1 because one request reached the exchange."""
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot)
+    key = SIM_KEYS["bybit"][0]
+    await sim_control.settings(bybit_reduce_only_code=170131)  # as seed 003 saw it
+    await sim_control.close_position(key, "BTCUSDT", price="61000")
+    await sim_control.add_fault(
+        "GET /v5/position/list", "http", 2, http_status=503, body="Service Unavailable.", api_key=key
+    )
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed" and result.exit_reason == "closed_on_exchange"
+    assert result.orders_sent == 1
+    async with h.deps.engine.connect() as conn:
+        rows = (await conn.execute(select(orders).where(orders.c.position_id == view.position_id))).mappings().all()
+    closes = [r for r in rows if r["intent"] == "close"]
+    assert [(r["status"], r["submissions"], r["error_code"]) for r in closes] == [("rejected", 1, "170131")]
+    assert [r for r in rows if r["status"] == "pending"] == []
+
+
+async def test_an_oversize_close_reason_is_refused_by_the_update_and_ignored_by_the_signal(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: every string that crosses a boundary has a maximum. A megabyte of reason is
+    refused by the update's validation with a clear error, ignored by the signal, and no log line
+    repeats more than a short excerpt of it."""
+    bot = await h.bot(Exchange.PAPER)
+    view = await h.open(bot)
+    huge = "x" * 1_000_000
+    handle = h.temporal.get_workflow_handle(view.workflow_id)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("request_close", {"reason": huge})
+    assert "reason too long: 1000000 characters, at most 64" in str(refused.value.cause)
+    caplog.clear()
+    await handle.signal("close", {"reason": huge})
+    await asyncio.sleep(1.5)  # the worker has processed (and dropped) the signal
+    assert max((len(r.getMessage()) + len(r.exc_text or "") for r in caplog.records), default=0) < 4000
+    assert (await h.client.position_state(view.workflow_id)).status == "open"
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed"

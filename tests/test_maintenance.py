@@ -24,7 +24,7 @@ from egis import schedules
 from egis.db import maintenance as mdb
 from egis.db.schema import audit_events, bots, maintenance_runs, paper_positions, positions
 from egis.exchanges.local import point_to_local
-from egis.models import Exchange, PositionResult
+from egis.models import CloseRequest, Exchange, PositionResult
 from egis.rules import phantom
 from egis.rules.budget import available, reserved
 from egis.simulator.control import SimulatorControl
@@ -162,9 +162,11 @@ async def _paused(h: Harness) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- paper reconciliation
-async def add_bot(conn: AsyncConnection, name: str, exchange: str = "paper", budget: str = "1000") -> None:
+async def add_bot(
+    conn: AsyncConnection, name: str, exchange: str = "paper", budget: str = "1000", account: str | None = None
+) -> None:
     await conn.execute(
-        bots.insert().values(name=name, exchange=exchange, account=f"{exchange}-acct", budget_usd=D(budget))
+        bots.insert().values(name=name, exchange=exchange, account=account or f"{exchange}-acct", budget_usd=D(budget))
     )
 
 
@@ -303,8 +305,9 @@ async def phantom_book(engine: AsyncEngine) -> dict[str, int]:
     """One closed Binance long, and shorts around each edge of the seed 000 rule."""
     async with engine.begin() as conn:
         for name, exchange in (("alpha", "binanceusdm"), ("beta", "binanceusdm"), ("gamma", "bybit")):
-            await add_bot(conn, name, exchange)
-        common = {"exchange": "binanceusdm", "account": "binanceusdm-acct", "size_usd": D(300)}
+            await add_bot(conn, name, exchange, account=ACCOUNTS[exchange])
+        # legacy rows (no workflow, no orders) on the simulator account, which holds nothing
+        common = {"exchange": "binanceusdm", "account": ACCOUNTS["binanceusdm"], "size_usd": D(300)}
         await add_position(conn, **common, status="closed", exit_price=D(60000), closed_at=LONG_CLOSE)
         await add_position(
             conn,
@@ -350,6 +353,8 @@ async def test_cleanup_rule_edges_dry_run_and_confirm_twice(h: Harness) -> None:
     before_rows = await table_rows(h.deps.engine, positions)
     dry = await h.client.cleanup_phantom_shorts(confirm=False, debug=True, actor="test")
     assert sorted(r["short_id"] for r in dry.rows) == sorted([ids["match_2.9s"], ids["match_qty_0"]])
+    assert {r["verdict"] for r in dry.rows} == {"phantom"} and {r["action"] for r in dry.rows} == {"would close"}
+    assert dry.found == {"phantom_short": 2, "real_position": 0, "exchange_holds": 0, "unverified": 0}
     assert await table_rows(h.deps.engine, positions) == before_rows  # dry run: only its report
     explained = "\n".join(dry.debug)
     assert "MATCH" in explained and "3.100s" in explained and "entry 60000 != long exit 60001" not in explained
@@ -357,7 +362,7 @@ async def test_cleanup_rule_edges_dry_run_and_confirm_twice(h: Harness) -> None:
 
     first = await h.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="test")
     second = await h.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="test")
-    assert first.repaired == 2 and second.repaired == 0 and second.found == {"phantom_short": 0}
+    assert first.repaired == 2 and second.repaired == 0 and sum(second.found.values()) == 0
     rows = {r["id"]: r for r in await table_rows(h.deps.engine, positions)}
     assert len(rows) == len(before_rows)  # rows are kept, never deleted
     for key in ("match_2.9s", "match_qty_0"):
@@ -432,25 +437,77 @@ async def test_phantom_sql_agrees_with_the_pure_rule(
     assert bool(found) == phantom.is_phantom(candidate, other), phantom.reasons(candidate, other)
 
 
-async def test_cleanup_confirm_tells_a_running_workflow(h: Harness) -> None:
+async def test_a_reversal_matches_the_seed_rule_but_cleanup_never_closes_it(
+    h: Harness, sim_control: SimulatorControl
+) -> None:
+    """Issue 11: a bot closes a long and at once opens a real short of the same size at the same
+    price. Seed 000's rule matches the short exactly; it is a real position (opened by Egis's own
+    filled OPEN order), so the dry run says so and --confirm leaves it open: the database still
+    equals the exchange."""
     bot = await h.bot(Exchange.BINANCEUSDM)
-    view = await h.open(bot, side="short")
-    short = await h.deps.store.get_position(view.position_id)
-    async with h.deps.engine.begin() as conn:  # the closed long it mirrors, as the seed 000 bug left them
-        await add_position(
-            conn,
-            bot=bot,
-            exchange="binanceusdm",
-            account="sim-binance",
-            status="closed",
-            exit_price=short["entry_price"],
-            size_usd=short["size_usd"],
-            closed_at=short["created_at"],
+    long = await h.open(bot, usd="120")
+    await h.client.close_position(long.workflow_id, CloseRequest(reason="manual"))
+    short = await h.open(bot, side="short", usd="120")
+    assert short.status == "open"
+    dry = await h.client.cleanup_phantom_shorts(confirm=False, debug=True, actor="test")
+    (row,) = dry.rows
+    assert row["short_id"] == short.position_id and row["long_id"] == long.position_id
+    assert row["verdict"] == "real_position" and row["action"] == "left open"
+    assert "real position opened by order eg" in row["reason"] and row["entry_price"] == "60000"
+    assert any("real position opened by order" in line for line in dry.debug)
+    confirmed = await h.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="test")
+    assert confirmed.repaired == 0 and confirmed.found["real_position"] == 1
+    assert (await h.deps.store.get_position(short.position_id))["status"] == "open"
+    key, _ = SIM_KEYS["binanceusdm"]
+    assert [(p["symbol"], p["quantity"]) for p in await sim_control.positions(key)] == [("BTCUSDT", D("-0.002"))]
+    (report,) = await h.client.sync(Exchange.BINANCEUSDM, ACCOUNTS["binanceusdm"])
+    assert report.found == {"ghost": 0, "orphan": 0, "quantity_drift": 0}  # the DB equals the exchange
+
+
+async def _legacy_phantom(h: Harness, account: str) -> int:
+    """A seed 000 phantom as the legacy system left it: no workflow, no orders."""
+    async with h.deps.engine.begin() as conn:
+        await add_bot(conn, "legacy", "binanceusdm", account=account)
+        common = {"bot": "legacy", "exchange": "binanceusdm", "account": account, "size_usd": D(120)}
+        await add_position(conn, **common, status="closed", exit_price=D(60000), closed_at=LONG_CLOSE)
+        return await add_position(
+            conn, **common, side="short", entry_price=D(60000), quantity=D("0.002"), created_at=LONG_CLOSE
         )
+
+
+async def test_a_legacy_match_the_exchange_holds_is_left_alone(h: Harness, sim_control: SimulatorControl) -> None:
+    """A match Egis did not open is checked on the exchange first: a short the account holds and no
+    other live position accounts for is reported as held and never closed; once it is gone from
+    the exchange, the same row is a proven phantom and --confirm closes it."""
+    short_id = await _legacy_phantom(h, ACCOUNTS["binanceusdm"])
+    key, secret = SIM_KEYS["binanceusdm"]
+    ex = point_to_local(
+        ccxt_async.binanceusdm({"apiKey": key, "secret": secret, "enableRateLimit": False}), sim_control.base_url
+    )
+    try:
+        await ex.load_markets()
+        await ex.create_order("BTC/USDT:USDT", "market", "sell", "0.002", None, {"clientOrderId": "by-hand"})
+    finally:
+        await ex.close()
+    held = await h.client.cleanup_phantom_shorts(confirm=True, debug=True, actor="test")
+    (row,) = held.rows
+    assert row["verdict"] == "exchange_holds" and row["action"] == "left open" and held.repaired == 0
+    assert "the exchange holds a BTCUSDT short of 0.002" in row["reason"]
+    assert (await h.deps.store.get_position(short_id))["status"] == "open"
+
+    await sim_control.close_position(key, "BTCUSDT")
+    gone = await h.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="test")
+    assert gone.repaired == 1 and gone.rows[0]["verdict"] == "phantom"
+    assert (await h.deps.store.get_position(short_id))["exit_reason"] == "phantom_cleanup"
+
+
+async def test_a_match_on_an_account_nobody_can_read_is_left_alone(h: Harness) -> None:
+    short_id = await _legacy_phantom(h, "nobody-serves-this")
     report = await h.client.cleanup_phantom_shorts(confirm=True, debug=False, actor="test")
-    assert report.repaired == 1 and report.told == 1
-    result = await h.temporal.get_workflow_handle(view.workflow_id, result_type=PositionResult).result()
-    assert result.status == "closed" and result.exit_reason == "phantom_cleanup"
+    (row,) = report.rows
+    assert row["verdict"] == "unverified" and report.repaired == 0
+    assert "no worker serves this account" in row["reason"]
+    assert (await h.deps.store.get_position(short_id))["status"] == "open"
 
 
 async def test_reconcile_fix_tells_a_running_workflow(h: Harness) -> None:

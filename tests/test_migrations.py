@@ -21,6 +21,7 @@ TABLES = {
     "paper_fills",
     "audit_events",
     "maintenance_runs",
+    "exchange_backoffs",
 }
 
 

@@ -144,11 +144,11 @@ async def test_a_long_lived_position_continues_as_new_and_still_closes(
 
 async def test_closed_positions_count_in_the_budget_no_more(h: Harness) -> None:
     """The budget frees itself because it follows the status (no separate bookkeeping to drift)."""
-    bot = await h.bot(Exchange.PAPER, budget="500")
-    views = [await h.open(bot, symbol=s, usd="100") for s in ("BTCUSDT", "ETHUSDT", "DOGEUSDT")]
+    bot = await h.bot(Exchange.PAPER, budget="560")
+    views = [await h.open(bot, symbol=s, usd="120") for s in ("BTCUSDT", "ETHUSDT", "DOGEUSDT")]
     assert (await h.client.budget(bot)).available_usd == D("200.00")
     await h.client.close_position(views[0].workflow_id, CloseRequest(reason="manual"))
-    assert (await h.client.budget(bot)).available_usd == D("300.00")
+    assert (await h.client.budget(bot)).available_usd == D("320.00")
     async with h.deps.engine.begin() as conn:  # a status change by anyone moves the budget the same way
         await conn.execute(update(positions).where(positions.c.id == views[1].position_id).values(size_usd=D("150")))
-    assert (await h.client.budget(bot)).available_usd == D("250.00")
+    assert (await h.client.budget(bot)).available_usd == D("290.00")

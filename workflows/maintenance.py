@@ -6,7 +6,9 @@ demand from the CLI.
   their positions; orphans are reported, never adopted or closed.
 - PaperReconcileWorkflow: `positions` against `paper_positions` (DB only), dry run unless
   `apply`; positions a repair closed are told.
-- PhantomCleanupWorkflow: seed 000's phantom SHORTs, dry run unless `apply`; the same.
+- PhantomCleanupWorkflow: seed 000's phantom SHORTs, dry run unless `apply`; a match is
+  repaired only when proven not real (never a position Egis opened itself; otherwise the
+  account is read first and a short the exchange holds is left alone); the same.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
     from egis.models import (
+        AccountInput,
+        AccountPositions,
+        Exchange,
         ExternalClose,
         MaintenanceInput,
         MaintenanceReport,
@@ -28,6 +34,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
+READ_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=3
+)
 
 
 async def _tell(workflow_id: str, signal: str, payload: object) -> bool:
@@ -88,8 +97,41 @@ class PaperReconcileWorkflow:
         return await _maintain("reconcile_paper", request, "reconcile_paper")
 
 
+async def _read_account(exchange: Exchange, account: str) -> AccountPositions:
+    """One positions request on the account's queue; a failure is evidence too (nothing is repaired)."""
+    try:
+        return await workflow.execute_activity(
+            "read_account_positions",
+            AccountInput(exchange=exchange, account=account),
+            result_type=AccountPositions,
+            task_queue=account_task_queue(workflow.info().task_queue, exchange, account),
+            schedule_to_start_timeout=timedelta(seconds=30),  # no worker serves the account: say so
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=READ_RETRY,
+        )
+    except ActivityError as exc:
+        cause = exc.cause
+        if isinstance(cause, TimeoutError) and cause.type is TimeoutType.SCHEDULE_TO_START:
+            why = "no worker serves this account's task queue (is a bot configured on it?)"
+        else:
+            why = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+        return AccountPositions(exchange=exchange, account=account, error=why[:200])
+
+
 @workflow.defn
 class PhantomCleanupWorkflow:
     @workflow.run
     async def run(self, request: MaintenanceInput) -> MaintenanceReport:
+        if workflow.patched("phantom-cleanup-reads-the-exchange"):
+            # a match is repaired only when proven not real: read each account that holds one
+            # Egis did not open itself (one positions request per account per run)
+            accounts = await workflow.execute_activity(
+                "phantom_accounts",
+                request,
+                result_type=list[str],
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RETRY,
+            )
+            reads = [await _read_account(Exchange.BINANCEUSDM, account) for account in accounts]
+            request = request.model_copy(update={"exchange_reads": reads})
         return await _maintain("cleanup_phantom_shorts", request, "phantom_cleanup")

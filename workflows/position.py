@@ -17,6 +17,7 @@ Deterministic orchestration only: all I/O is in activities, called by name.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         SyncHint,
         WatcherInput,
         account_task_queue,
+        excerpt,
     )
     from egis.rules.aged import aged_phase
 
@@ -74,8 +76,13 @@ def _is(value: object, model: type, handler: str) -> bool:
     None, bypassing validation) is logged and ignored instead of failing every workflow task."""
     if isinstance(value, model):
         return True
-    workflow.logger.warning("%s: ignored a payload that is not a %s: %r", handler, model.__name__, value)
+    workflow.logger.warning("%s: ignored a payload that is not a %s: %s", handler, model.__name__, excerpt(value))
     return False
+
+
+def _num(value: object) -> str:
+    """Money and quantities as plain decimals (60000, never 6E+4); '?' when unknown."""
+    return format(value, "f") if isinstance(value, Decimal) else "?"
 
 
 @workflow.defn
@@ -196,9 +203,9 @@ class PositionWorkflow:
         r = self._s.request
         parts = [f"{r.bot}: {r.side} {r.symbol} ${r.usd}", status]
         if self._s.quantity is not None:
-            parts.append(f"qty {self._s.quantity} @ {self._s.entry_price}")
+            parts.append(f"qty {_num(self._s.quantity)} @ {_num(self._s.entry_price)}")
         if self._exit_reason:
-            parts.append(f"{self._exit_reason} @ {self._exit_price if self._exit_price is not None else '?'}")
+            parts.append(f"{self._exit_reason} @ {_num(self._exit_price)}")
         if self._s.last_error:
             parts.append(f"error: {self._s.last_error[:80]}")
         workflow.upsert_memo({"summary": " | ".join(parts)})

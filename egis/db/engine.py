@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from egis.config import async_database_url
 
+# libpq's TLS parameters. SQLAlchemy hands URL query parameters to asyncpg.connect() as keyword
+# arguments, and asyncpg takes `ssl=`, not `sslmode=` (`?sslmode=require` fails with "unexpected
+# keyword argument 'sslmode'"); asyncpg does understand all of them inside a DSN, exactly as libpq.
+LIBPQ_TLS_PARAMS = frozenset({"sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslnegotiation"})
+
+
+def engine_url_and_args(database_url: str) -> tuple[str, dict[str, str]]:
+    """The SQLAlchemy URL without libpq TLS parameters, and the connect args that carry them
+    (a host-less DSN asyncpg reads them from: `?sslmode=verify-full&sslrootcert=ca.pem` works
+    as it does for psql)."""
+    url = make_url(async_database_url(database_url))
+    tls = {k: v for k, v in url.query.items() if k in LIBPQ_TLS_PARAMS}
+    if not tls:
+        return url.render_as_string(hide_password=False), {}
+    flat = {k: v if isinstance(v, str) else v[-1] for k, v in tls.items()}
+    url = url.difference_update_query(list(tls))
+    return url.render_as_string(hide_password=False), {"dsn": "postgresql://?" + urlencode(flat)}
+
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine for `database_url` (postgresql:// or postgresql+asyncpg://)."""
+    """An engine for `database_url` (postgresql:// or postgresql+asyncpg://, with libpq's
+    `sslmode`, `sslrootcert`, `sslcert`, `sslkey` query parameters if TLS is wanted)."""
+    url, connect_args = engine_url_and_args(database_url)
     return create_async_engine(
-        async_database_url(database_url),
+        url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,  # survive a PostgreSQL restart without surfacing dead connections
+        connect_args=connect_args,
     )

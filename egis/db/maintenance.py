@@ -23,12 +23,25 @@ from egis.rules.sync import OurPosition
 
 
 # ---------------------------------------------------------------- runs
-async def start_run(conn: AsyncConnection, kind: str, mode: str, actor: str) -> int:
+async def start_run(conn: AsyncConnection, kind: str, mode: str, actor: str, scope: str | None = None) -> int:
     return (
         await conn.execute(
-            maintenance_runs.insert().values(kind=kind, mode=mode, actor=actor).returning(maintenance_runs.c.id)
+            maintenance_runs.insert()
+            .values(kind=kind, mode=mode, actor=actor, scope=scope)
+            .returning(maintenance_runs.c.id)
         )
     ).scalar_one()
+
+
+async def latest_runs(conn: AsyncConnection, kind: str) -> list[dict[str, Any]]:
+    """The most recent finished run of `kind` per scope (e.g. the last sync of each account)."""
+    rows = await conn.execute(
+        select(maintenance_runs)
+        .distinct(maintenance_runs.c.scope)
+        .where(maintenance_runs.c.kind == kind, maintenance_runs.c.finished_at.is_not(None))
+        .order_by(maintenance_runs.c.scope, maintenance_runs.c.started_at.desc())
+    )
+    return [dict(r) for r in rows.mappings()]
 
 
 async def finish_run(conn: AsyncConnection, run_id: int, found: dict[str, int], report: list[dict[str, Any]]) -> None:
@@ -217,9 +230,11 @@ async def repair_pair(conn: AsyncConnection, pair: Pair, kind: str, *, actor: st
 
 # ---------------------------------------------------------------- phantom shorts
 PHANTOM_MATCHES = text(f"""
-SELECT s.id AS short_id, s.workflow_id AS short_workflow_id, s.bot, s.symbol, s.quantity AS short_quantity,
+SELECT s.id AS short_id, s.workflow_id AS short_workflow_id, s.bot, s.exchange, s.account, s.symbol,
+       s.quantity AS short_quantity, s.closed_quantity AS short_closed_quantity,
        s.created_at AS short_created_at, s.entry_price, s.size_usd,
-       l.id AS long_id, l.closed_at AS long_closed_at, l.exit_price AS long_exit_price
+       l.id AS long_id, l.closed_at AS long_closed_at, l.exit_price AS long_exit_price,
+       o.client_order_id AS opened_by
 FROM positions s
 JOIN LATERAL (
     SELECT l.id, l.closed_at, l.exit_price
@@ -232,15 +247,50 @@ JOIN LATERAL (
     ORDER BY abs(extract(epoch FROM l.closed_at - s.created_at))
     LIMIT 1
 ) l ON true
+LEFT JOIN LATERAL (  -- the filled OPEN order that created it, if Egis opened it (ix_orders_position_id)
+    SELECT o.client_order_id FROM orders o
+    WHERE o.position_id = s.id AND o.intent = 'open' AND o.status IN ('filled', 'partially_filled')
+      AND o.filled_quantity > 0
+    ORDER BY o.id LIMIT 1
+) o ON true
 WHERE s.exchange = '{phantom.EXCHANGE}' AND s.side = 'short' AND s.status = 'open'
 ORDER BY s.id
 """)
 """Seed 000's rule, set-based: open Binance shorts (partial index ix_positions_open_shorts), each
-probed for its closest matching closed long (partial index ix_positions_closed_longs)."""
+probed for its closest matching closed long (partial index ix_positions_closed_longs), with the
+client id of the filled OPEN order that created it, if any (then it is a real position)."""
 
 
 async def phantom_matches(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return [dict(r) for r in (await conn.execute(PHANTOM_MATCHES)).mappings()]
+    return [_plain_row(r) for r in (await conn.execute(PHANTOM_MATCHES)).mappings()]
+
+
+def _plain_row(row: Any) -> dict[str, Any]:
+    """Raw `text()` rows bypass FixedNumeric: asyncpg reads NUMERIC 60000 as Decimal('6E+4')."""
+    return {k: _dec(v) if isinstance(v, Decimal) else v for k, v in row.items()}
+
+
+async def live_shorts(conn: AsyncConnection, exchange: str, accounts: list[str]) -> list[dict[str, Any]]:
+    """Every live short of these accounts (what may account for a short an exchange holds)."""
+    rows = await conn.execute(
+        select(
+            positions.c.id,
+            positions.c.account,
+            positions.c.symbol,
+            (positions.c.quantity - positions.c.closed_quantity).label("open_quantity"),
+        ).where(
+            positions.c.exchange == exchange,
+            positions.c.account.in_(accounts),
+            positions.c.side == "short",
+            positions.c.status.in_(["opening", "open", "closing"]),
+        )
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def phantom_accounts(conn: AsyncConnection) -> list[str]:
+    """Accounts holding a seed-rule match that Egis did not open itself: the exchange must be read."""
+    return sorted({m["account"] for m in await phantom_matches(conn) if m["opened_by"] is None})
 
 
 DEBUG_WINDOW = timedelta(days=1)

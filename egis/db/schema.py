@@ -169,6 +169,7 @@ orders = Table(
     Column("average_price", DEC),
     Column("attempt", Integer, nullable=False, server_default=text("1")),
     Column("submissions", Integer, nullable=False, server_default=text("0")),  # sends actually made
+    Column("submitted_at", TS),  # the last send (a look-up's "not found" counts only after the venue's lag)
     Column("error_class", Text),
     Column("error_code", Text),
     Column("error_message", Text),
@@ -249,8 +250,21 @@ maintenance_runs = Table(
     Column("finished_at", TS),
     Column("found", JSONB, nullable=False, server_default=text("'{}'::jsonb")),  # counts by kind
     Column("report", JSONB, nullable=False, server_default=text("'[]'::jsonb")),  # rows found / repaired
+    Column("scope", Text),  # what the run covered, e.g. "bybit/bybit-main" for an exchange sync
     Index("ix_maintenance_runs_kind_started", "kind", "started_at"),
+    Index("ix_maintenance_runs_kind_scope_started", "kind", "scope", "started_at"),
 )
+
+exchange_backoffs = Table(
+    "exchange_backoffs",
+    metadata,
+    Column("exchange", Text, primary_key=True),
+    Column("account", Text, primary_key=True),
+    Column("until", TS, nullable=False),  # no request to this account before then (Retry-After, a ban)
+    Column("reason", Text, nullable=False),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+)
+"""One back-off per exchange account, shared by every activity and every worker process."""
 
 audit_events = Table(
     "audit_events",

@@ -65,7 +65,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # plain: 60000, never 6E+4
     if isinstance(value, datetime):
         return value.isoformat()
     return value
@@ -494,6 +494,8 @@ async def record_fill(
             updated_at=func.now(),
         )
     )
+    if is_final(position["status"]):
+        await retire_pending_orders(conn, position["id"], f"position closed by order {order['client_order_id']}")
     return OrderOutcome(
         order_id=order_id,
         client_order_id=order["client_order_id"],
@@ -519,7 +521,7 @@ async def note_submission(conn: AsyncConnection, order_id: int) -> None:
     await conn.execute(
         update(orders)
         .where(orders.c.id == order_id)
-        .values(submissions=orders.c.submissions + 1, updated_at=func.now())
+        .values(submissions=orders.c.submissions + 1, submitted_at=func.now(), updated_at=func.now())
     )
 
 
@@ -562,6 +564,26 @@ async def mark_unsent_orders(
     return result.rowcount
 
 
+async def retire_pending_orders(conn: AsyncConnection, position_id: int, why: str) -> int:
+    """The position is final: none of its orders may stay `pending`. One never sent becomes
+    `not_sent`; one that was sent and never filled (the exchange refused it, or a look-up by
+    client id found nothing) becomes `rejected`, keeping the exchange's error code. Nothing can
+    fill either of them any more: the position they were for is over."""
+    pending = [orders.c.position_id == position_id, orders.c.status == OrderStatus.PENDING.value]
+    message = func.coalesce(orders.c.error_message, why[:500])
+    unsent = await conn.execute(
+        update(orders)
+        .where(*pending, orders.c.submissions == 0)
+        .values(status=OrderStatus.NOT_SENT.value, error_message=message, updated_at=func.now())
+    )
+    refused = await conn.execute(
+        update(orders)
+        .where(*pending, orders.c.submissions > 0)
+        .values(status=OrderStatus.REJECTED.value, error_message=message, updated_at=func.now())
+    )
+    return unsent.rowcount + refused.rowcount
+
+
 async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, actor: str) -> dict[str, Any]:
     """End a position whose OPEN order was refused: status failed, budget released (it follows status)."""
     position = await get_position(conn, position_id, lock=True)
@@ -569,7 +591,7 @@ async def fail_open(conn: AsyncConnection, position_id: int, reason: str, *, act
         raise InvalidTransition(f"position {position_id} is {position['status']}, not opening")
     if position["quantity"] > 0:
         raise InvalidTransition(f"position {position_id} already holds {position['quantity']}: it cannot fail")
-    await mark_unsent_orders(conn, position_id, Intent.OPEN, reason)
+    await retire_pending_orders(conn, position_id, reason)
     values = {
         "status": PositionStatus.FAILED.value,
         "closed_at": func.now(),
@@ -641,7 +663,7 @@ async def close_without_order(
         return position
     if position["status"] == PositionStatus.OPENING.value and position["quantity"] == 0:
         raise InvalidTransition(f"position {position_id} never filled: it cannot be closed, only failed")
-    await mark_unsent_orders(conn, position_id)
+    await retire_pending_orders(conn, position_id, f"{exit_reason}: {why}")
     values = {
         "status": PositionStatus.CLOSED.value,
         "closed_at": func.now(),
@@ -775,6 +797,28 @@ class Store:
                 .order_by(orders.c.id)
             )
             return [dict(r) for r in rows.mappings()]
+
+    async def close_orders_sent(self, position_id: int, attempt: int) -> int:
+        """How many requests the close orders of one close attempt sent to the exchange."""
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(func.coalesce(func.sum(orders.c.submissions), 0)).where(
+                        orders.c.position_id == position_id,
+                        orders.c.intent == Intent.CLOSE.value,
+                        orders.c.attempt == attempt,
+                    )
+                )
+            ).scalar_one()
+
+    async def note_exchange_order_id(self, order_id: int, exchange_order_id: str) -> None:
+        """The venue accepted the order (its id is known) but nothing is filled yet."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id, orders.c.exchange_order_id.is_(None))
+                .values(exchange_order_id=exchange_order_id, error_class=None, updated_at=func.now())
+            )
 
     async def note_submission(self, order_id: int) -> None:
         async with self.engine.begin() as conn:

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from egis.errors import CredentialsMissing, InvalidInput
-from egis.models import ACCOUNT_RE, Exchange
+from egis.models import ACCOUNT_RE, Exchange, excerpt
 from egis.redact import register
 
 
@@ -57,7 +57,7 @@ def _env_name(ref: str, field: str) -> str:
 def load_account(ref: str, exchange: Exchange, accounts_dir: Path) -> AccountConfig:
     """Resolve an account reference; raises CredentialsMissing if a live exchange has no keys."""
     if not ACCOUNT_RE.fullmatch(ref):
-        raise InvalidInput(f"invalid account reference {ref!r}")
+        raise InvalidInput(f"invalid account reference {excerpt(ref)}")
     data: dict[str, object] = {"exchange": exchange.value}
     path = accounts_dir / f"{ref}.json"
     if path.exists():

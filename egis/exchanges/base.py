@@ -63,6 +63,7 @@ class Trade:
     quantity: Decimal
     realized_pnl: Decimal | None
     at: datetime
+    kind: str = "trade"  # trade | liquidation | adl (auto-deleveraging)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class Gateway(Protocol):
 
     async def fetch_position(self, symbol: str, side: Side) -> ExchangePosition | None: ...
 
+    async def fetch_symbol_positions(self, symbol: str) -> list[ExchangePosition]: ...
+
     async def fetch_positions(self) -> list[ExchangePosition]: ...
 
     async def create_order(self, request: OrderRequest, *, record: RecordFill | None = None) -> OrderReport: ...
@@ -96,7 +99,13 @@ class Gateway(Protocol):
 
     async def fetch_tickers(self, symbols: Sequence[str]) -> dict[str, Decimal]: ...
 
-    async def fetch_closing_trades(self, symbol: str, side: Side, since: datetime) -> list[Trade]: ...
+    async def fetch_closing_trades(
+        self, symbol: str, side: Side, since: datetime, quantity: Decimal | None = None
+    ) -> list[Trade]: ...
+
+    async def check_backoff(self) -> None: ...
+
+    async def position_mode(self, symbol: str = "BTCUSDT") -> str: ...
 
     async def fetch_balance(self) -> Balance: ...
 
@@ -117,6 +126,8 @@ class ExchangeCallError(Exception):
         error_names: Sequence[str],
         code: str | None,
         message: str,
+        *,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.exchange = exchange
@@ -124,6 +135,7 @@ class ExchangeCallError(Exception):
         self.error_names = tuple(error_names)
         self.code = code
         self.message = _SIGNATURE.sub(r"\1=…", message)[:400]
+        self.retry_after = retry_after  # seconds the venue asked us to wait (Retry-After, a ban)
 
     @property
     def error_name(self) -> str:

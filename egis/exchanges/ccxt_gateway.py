@@ -12,19 +12,23 @@ submission is looked up instead of re-sent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import ssl
-from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt_async
 from ccxt.base.errors import BaseError, OrderNotFound
 
+from egis import metrics
 from egis.errors import UnknownSymbol
 from egis.exchanges.accounts import AccountConfig
+from egis.exchanges.backoff import Backoff, retry_after, until_text
 from egis.exchanges.base import (
     Balance,
     ExchangeCallError,
@@ -62,6 +66,29 @@ _BYBIT_STATUS = {
 }
 
 
+HISTORY_WINDOW = timedelta(days=7) - timedelta(seconds=1)
+"""The widest trade-history window both venues answer (7 days between startTime and endTime)."""
+HISTORY_HORIZON = timedelta(days=180)
+"""How far back a ghost's exit is looked for (Binance keeps account trades for 6 months)."""
+_BYBIT_EXEC_KINDS = {"Trade": "trade", "BustTrade": "liquidation", "AdlTrade": "adl"}
+MAX_PAGES = 20
+"""Pages of one trade-history window read at most (a bound on a misbehaving cursor)."""
+MODE_RECHECK_SECONDS = 300.0
+"""How long a position-mode answer is trusted (an operator may switch the account meanwhile)."""
+
+_RESPONSES: contextvars.ContextVar[list[tuple[int, Any]] | None] = contextvars.ContextVar(
+    "egis_responses", default=None
+)
+"""The (status, headers) of the responses of the ccxt call running in this task."""
+
+
+def _close_quietly(awaitable: Awaitable[Any]) -> None:
+    """A call refused before it started: close its coroutine so Python does not warn about it."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
+
+
 @functools.cache
 def _ssl_context(cafile: str) -> ssl.SSLContext:
     """One TLS context per process: ccxt would build one per instance (per account), loading the
@@ -91,6 +118,11 @@ def _error_code(exc: BaseError) -> str | None:
     return None if code is None else str(code)
 
 
+def _binance_forced_kind(client_order_id: str) -> str:
+    """User's Force Orders: liquidations carry "autoclose-<n>", auto-deleveraging "adl_autoclose"."""
+    return "adl" if client_order_id.startswith("adl_") else "liquidation"
+
+
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
@@ -102,7 +134,7 @@ def _from_ms(ms: Any) -> datetime:
 class CcxtGateway:
     records_fills_atomically = False
 
-    def __init__(self, exchange: Exchange, account: str, config: AccountConfig) -> None:
+    def __init__(self, exchange: Exchange, account: str, config: AccountConfig, backoff: Backoff | None = None) -> None:
         if exchange not in (Exchange.BINANCEUSDM, Exchange.BYBIT):
             raise ValueError(f"CcxtGateway serves binanceusdm and bybit, not {exchange}")
         self.exchange = exchange
@@ -126,27 +158,89 @@ class CcxtGateway:
         self._markets: dict[str, MarketRules] | None = None
         self._symbols: dict[str, str] = {}  # BTCUSDT -> BTC/USDT:USDT
         self._load_lock = asyncio.Lock()
+        self.backoff = backoff or Backoff(exchange.value, account)
+        self.hedge_mode: bool | None = None  # learnt when the gateway starts (load_markets)
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # "now" for trade-history windows
+        self._mode_checked = 0.0
+        self._watch_responses()
 
     @property
     def _binance(self) -> bool:
         return self.exchange is Exchange.BINANCEUSDM
 
+    def _watch_responses(self) -> None:
+        """Keep each call's HTTP status and headers (Retry-After, the venues' rate-limit headers) for
+        the call that made it: ccxt hands every response to `on_rest_response` in the caller's task."""
+        original = self._ex.on_rest_response
+
+        def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):  # type: ignore[no-untyped-def]
+            seen = _RESPONSES.get()
+            if seen is not None:
+                seen.append((code, headers))
+            return original(code, reason, url, method, headers, body, request_headers, request_body)
+
+        self._ex.on_rest_response = on_rest_response  # type: ignore[method-assign]
+
+    async def check_backoff(self) -> None:
+        """Refuse, without sending anything, while the account is backing off (a ban, a Retry-After)."""
+        left = await self.backoff.remaining()
+        if left > 0:
+            raise ExchangeCallError(
+                self.exchange,
+                "read",
+                ["RateLimitExceeded", "NetworkError", "ExchangeError", "BaseError"],
+                "backoff",
+                f"backing off for another {left:.0f}s (until {until_text(left)}): nothing sent",
+                retry_after=left,
+            )
+
     async def _call(self, operation: Operation, awaitable: Awaitable[R]) -> R:
+        """One request (or a ccxt call that makes a few). Refused locally during a back-off; a
+        throttling answer starts the account's shared back-off; a timestamp refusal re-learns the
+        venue's clock (a read is then retried once: it changed nothing)."""
+        try:
+            await self.check_backoff()
+        except ExchangeCallError as refused:
+            refused.operation = operation
+            _close_quietly(awaitable)
+            raise
+        seen: list[tuple[int, Any]] = []
+        token = _RESPONSES.set(seen)
         try:
             return await awaitable
         except BaseError as exc:
             names = [c.__name__ for c in type(exc).__mro__ if issubclass(c, BaseError)]
-            raise ExchangeCallError(self.exchange, operation, names, _error_code(exc), str(exc)) from None
+            status, headers = seen[-1] if seen else (None, None)
+            error = ExchangeCallError(self.exchange, operation, names, _error_code(exc), str(exc))
+            if {"DDoSProtection", "RateLimitExceeded"} & set(names):
+                error.retry_after = retry_after(status, headers)
+                await self.backoff.impose(error.retry_after, f"{status} {error.code}: {error.message[:200]}")
+            if "InvalidNonce" in names:  # -1021 / 10002: our clock is off the venue's
+                await self.learn_clock()
+            raise error from None
+        finally:
+            _RESPONSES.reset(token)
+
+    async def learn_clock(self) -> int:
+        """Measure the venue's clock; ccxt signs with `now - timeDifference` from then on."""
+        try:
+            difference = int(await self._ex.load_time_difference())
+        except BaseError:
+            return int(self._ex.options.get("timeDifference", 0))
+        metrics.EXCHANGE_CLOCK_SKEW_MS.labels(self.exchange.value, self.account).set(difference)
+        return difference
 
     # ------------------------------------------------------------ markets
     async def load_markets(self) -> dict[str, MarketRules]:
         if self._markets is None:
             async with self._load_lock:
                 if self._markets is None:
+                    await self.learn_clock()  # before anything is signed: a skewed clock refuses every call
                     markets = await self._call("read", self._ex.load_markets())
                     rules: dict[str, MarketRules] = {}
                     for m in markets.values():
-                        if m.get("swap") and m.get("linear") and m.get("settle") in ("USDT", "USDC"):
+                        tradable = m.get("active") is not False  # pre-market / delisted contracts are not
+                        if tradable and m.get("swap") and m.get("linear") and m.get("settle") in ("USDT", "USDC"):
                             rules[m["id"]] = self._rules(m)
                             self._symbols[m["id"]] = m["symbol"]
                     self._markets = rules
@@ -189,13 +283,15 @@ class CcxtGateway:
 
     # ------------------------------------------------------------ positions
     def _parse_position(self, info: dict[str, Any]) -> ExchangePosition | None:
+        """One position row. Hedge-mode rows are read too (Binance `positionSide` LONG/SHORT, Bybit
+        `positionIdx` 1/2): Egis does not open on a hedge-mode account, but a position it holds
+        must never read as gone because the account was switched."""
         if self._binance:
-            if info.get("positionSide", "BOTH") not in ("BOTH", None):
-                return None  # hedge-mode rows are not ours: Egis runs accounts in one-way mode
             amount = _dec(info.get("positionAmt")) or Decimal(0)
             if amount == 0:
                 return None
-            side = Side.LONG if amount > 0 else Side.SHORT
+            hedge_side = {"LONG": Side.LONG, "SHORT": Side.SHORT}.get(str(info.get("positionSide", "BOTH")).upper())
+            side = hedge_side or (Side.LONG if amount > 0 else Side.SHORT)
             return ExchangePosition(
                 info["symbol"], side, abs(amount), _dec(info.get("entryPrice")), _dec(info.get("markPrice"))
             )
@@ -206,6 +302,25 @@ class CcxtGateway:
         entry = _dec(info.get("avgPrice")) or _dec(info.get("entryPrice"))
         return ExchangePosition(info["symbol"], side, size, entry, _dec(info.get("markPrice")))
 
+    async def position_mode(self, symbol: str = "BTCUSDT") -> str:
+        """'hedge' or 'one_way', as the venue says (re-checked every few minutes). Binance: GET
+        /fapi/v1/positionSide/dual ("dualSidePosition": true = hedge mode; USD-M docs "Get Current
+        Position Mode"). Bybit has no query for it: a symbol's position rows carry positionIdx 1/2
+        in hedge mode, 0 in one-way mode (docs/v5/position.mdx, enum.mdx)."""
+        if self.hedge_mode is None or time.monotonic() - self._mode_checked > MODE_RECHECK_SECONDS:
+            if self._binance:
+                answer = await self._call("read", self._ex.fapiPrivateGetPositionSideDual())
+                hedge = str(answer.get("dualSidePosition")).lower() == "true"
+            else:
+                await self.market(symbol)
+                answer = await self._call(
+                    "read", self._ex.privateGetV5PositionList({"category": "linear", "symbol": symbol})
+                )
+                rows = answer.get("result", {}).get("list", [])
+                hedge = any(str(r.get("positionIdx")) in ("1", "2") for r in rows)
+            self.hedge_mode, self._mode_checked = hedge, time.monotonic()
+        return "hedge" if self.hedge_mode else "one_way"
+
     async def fetch_positions(self) -> list[ExchangePosition]:
         await self.load_markets()
         params = {} if self._binance else {"settleCoin": "USDT"}
@@ -213,18 +328,21 @@ class CcxtGateway:
         parsed = (self._parse_position(r["info"]) for r in rows)
         return [p for p in parsed if p is not None]
 
-    async def fetch_position(self, symbol: str, side: Side) -> ExchangePosition | None:
+    async def fetch_symbol_positions(self, symbol: str) -> list[ExchangePosition]:
+        """The account's open positions in one symbol (one request)."""
         ccxt_symbol = await self._ccxt_symbol(symbol)
         rows = await self._call("read", self._ex.fetch_positions([ccxt_symbol]))
-        for row in rows:
-            position = self._parse_position(row["info"])
-            if position is not None and position.symbol == symbol and position.side is side:
-                return position
-        return None
+        parsed = (self._parse_position(row["info"]) for row in rows)
+        return [p for p in parsed if p is not None and p.symbol == symbol]
+
+    async def fetch_position(self, symbol: str, side: Side) -> ExchangePosition | None:
+        return next((p for p in await self.fetch_symbol_positions(symbol) if p.side is side), None)
 
     # ------------------------------------------------------------ orders
     async def create_order(self, request: OrderRequest, *, record: RecordFill | None = None) -> OrderReport:
-        """Validate locally (nothing is sent for a bad symbol or quantity), then send."""
+        """Validate locally (nothing is sent for a bad symbol or quantity), then send. The report
+        may say nothing filled yet (Binance NEW / 0; a Bybit order not visible after polling): the
+        caller looks it up again (egis.rules.submission), it never records that as final."""
         rules = await self.market(request.symbol)
         validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
         if request.intent is Intent.CLOSE and not request.reduce_only:
@@ -235,7 +353,9 @@ class CcxtGateway:
             params["reduceOnly"] = True
         order = await self._call(
             request.intent.value,
-            self._ex.create_order(ccxt_symbol, "market", request.side.value, str(request.quantity), None, params),
+            self._ex.create_order(
+                ccxt_symbol, "market", request.side.value, format(request.quantity, "f"), None, params
+            ),
         )
         if self._binance:
             return self._binance_report(order["info"])
@@ -302,36 +422,106 @@ class CcxtGateway:
                 prices[by_id[ccxt_symbol]] = price
         return {s: prices[s] for s in symbols if s in prices}
 
-    async def fetch_closing_trades(self, symbol: str, side: Side, since: datetime) -> list[Trade]:
-        """Trades on the closing side of a `side` position since `since` (to learn a ghost's exit)."""
-        ccxt_symbol = await self._ccxt_symbol(symbol)
+    async def fetch_closing_trades(
+        self, symbol: str, side: Side, since: datetime, quantity: Decimal | None = None
+    ) -> list[Trade]:
+        """Closing-side trades of a `side` position since `since`, newest first, to learn a ghost's
+        exit. Both venues answer trade history in windows of at most 7 days (Binance USD-M
+        "Account Trade List": "The time between startTime and endTime cannot be longer than 7
+        days"; Bybit docs/v5/order/execution.mdx: "endTime - startTime <= 7 days"), so the
+        history is read window by window from now back to `since` (at most HISTORY_HORIZON), and
+        stops once `quantity` is covered. Liquidations and auto-deleveraging are included and
+        marked: Bybit execType BustTrade / AdlTrade (docs/v5/enum.mdx; ccxt's fetch_my_trades
+        would send execType=Trade and drop them), Binance orders listed by User's Force Orders
+        (clientOrderId "autoclose-..." / "adl_autoclose")."""
+        await self.market(symbol)
         closing = OrderSide.SELL if side is Side.LONG else OrderSide.BUY
-        rows = await self._call("read", self._ex.fetch_my_trades(ccxt_symbol, _ms(since)))
-        trades = []
-        for row in rows:
-            info = row["info"]
-            if self._binance:
-                trade = Trade(
-                    trade_id=str(info["id"]),
-                    order_id=str(info.get("orderId")),
-                    side=OrderSide(info["side"].lower()),
-                    price=Decimal(info["price"]),
-                    quantity=Decimal(info["qty"]),
-                    realized_pnl=_dec(info.get("realizedPnl")),
-                    at=_from_ms(info["time"]),
+        now = self.clock() + timedelta(minutes=1)
+        oldest = max(since, now - HISTORY_HORIZON)
+        trades: list[Trade] = []
+        end = now
+        while end > oldest:
+            start = max(oldest, end - HISTORY_WINDOW)
+            window = self._binance_trades if self._binance else self._bybit_trades
+            found = [t for t in await window(symbol, start, end) if t.side is closing and t.at >= since]
+            trades.extend(sorted(found, key=lambda t: t.at, reverse=True))
+            if quantity is not None and sum((t.quantity for t in trades), Decimal(0)) >= quantity:
+                break
+            end = start - timedelta(milliseconds=1)
+        return trades
+
+    async def _binance_trades(self, symbol: str, start: datetime, end: datetime) -> list[Trade]:
+        rows: list[dict[str, Any]] = []
+        cursor = _ms(start)
+        for _ in range(MAX_PAGES):  # oldest first, at most 1000 per page: page on from the last one seen
+            page = await self._call(
+                "read",
+                self._ex.fapiPrivateGetUserTrades(
+                    {"symbol": symbol, "startTime": cursor, "endTime": _ms(end), "limit": 1000}
+                ),
+            )
+            rows.extend(page)
+            if len(page) < 1000:
+                break
+            cursor = int(page[-1]["time"]) + 1
+        if not rows:
+            return []
+        forced = await self._call(
+            "read",
+            self._ex.fapiPrivateGetForceOrders(
+                {"symbol": symbol, "startTime": _ms(start), "endTime": _ms(end), "limit": 100}
+            ),
+        )
+        kinds = {str(o["orderId"]): _binance_forced_kind(str(o.get("clientOrderId", ""))) for o in forced}
+        return [
+            Trade(
+                trade_id=str(info["id"]),
+                order_id=str(info.get("orderId")),
+                side=OrderSide(info["side"].lower()),
+                price=Decimal(info["price"]),
+                quantity=Decimal(info["qty"]),
+                realized_pnl=_dec(info.get("realizedPnl")),
+                at=_from_ms(info["time"]),
+                kind=kinds.get(str(info.get("orderId")), "trade"),
+            )
+            for info in rows
+        ]
+
+    async def _bybit_trades(self, symbol: str, start: datetime, end: datetime) -> list[Trade]:
+        trades: list[Trade] = []
+        query: dict[str, Any] = {
+            "category": "linear",
+            "symbol": symbol,
+            "startTime": _ms(start),
+            "endTime": _ms(end),
+            "limit": 100,
+        }
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            answer = await self._call("read", self._ex.privateGetV5ExecutionList(dict(query)))
+            result = answer.get("result", {})
+            fresh = [info for info in result.get("list", []) if str(info.get("execId")) not in seen]
+            for info in fresh:
+                seen.add(str(info.get("execId")))
+                kind = _BYBIT_EXEC_KINDS.get(info.get("execType", ""))
+                if kind is None:  # funding, settlement, ...: not a fill
+                    continue
+                trades.append(
+                    Trade(
+                        trade_id=str(info["execId"]),
+                        order_id=info.get("orderId"),
+                        side=OrderSide(info["side"].lower()),
+                        price=Decimal(info["execPrice"]),
+                        quantity=Decimal(info["execQty"]),
+                        realized_pnl=None,
+                        at=_from_ms(info["execTime"]),
+                        kind=kind,
+                    )
                 )
-            else:
-                trade = Trade(
-                    trade_id=str(info["execId"]),
-                    order_id=info.get("orderId"),
-                    side=OrderSide(info["side"].lower()),
-                    price=Decimal(info["execPrice"]),
-                    quantity=Decimal(info["execQty"]),
-                    realized_pnl=None,
-                    at=_from_ms(info["execTime"]),
-                )
-            if trade.side is closing and trade.at >= since:
-                trades.append(trade)
+            cursor = result.get("nextPageCursor")
+            if not cursor or not fresh or cursor == query.get("cursor"):
+                break
+            query["cursor"] = cursor
         return trades
 
     async def fetch_balance(self) -> Balance:

@@ -77,8 +77,11 @@ class PaperGateway:
             rows = await conn.execute(query)
             return [self._position(r) for r in rows if r.quantity > 0]
 
+    async def fetch_symbol_positions(self, symbol: str) -> list[ExchangePosition]:
+        return [p for p in await self.fetch_positions() if p.symbol == symbol]
+
     async def fetch_position(self, symbol: str, side: Side) -> ExchangePosition | None:
-        return next((p for p in await self.fetch_positions() if p.symbol == symbol and p.side is side), None)
+        return next((p for p in await self.fetch_symbol_positions(symbol) if p.side is side), None)
 
     # ------------------------------------------------------------ orders
     async def create_order(self, request: OrderRequest, *, record: RecordFill | None = None) -> OrderReport:
@@ -258,7 +261,16 @@ class PaperGateway:
     async def fetch_tickers(self, symbols: Sequence[str]) -> dict[str, Decimal]:
         return await self.prices.fetch_tickers(symbols)
 
-    async def fetch_closing_trades(self, symbol: str, side: Side, since: datetime) -> list[Trade]:
+    async def check_backoff(self) -> None:
+        """The paper exchange is our own database: it never throttles."""
+
+    async def position_mode(self, symbol: str = "BTCUSDT") -> str:
+        """Like a futures account in one-way mode: one position per symbol."""
+        return "one_way"
+
+    async def fetch_closing_trades(
+        self, symbol: str, side: Side, since: datetime, quantity: Decimal | None = None
+    ) -> list[Trade]:
         closing = OrderSide.SELL if side is Side.LONG else OrderSide.BUY
         async with self.engine.connect() as conn:
             rows = await conn.execute(
@@ -270,7 +282,7 @@ class PaperGateway:
                     paper_fills.c.reduce_only,
                     paper_fills.c.created_at >= since,
                 )
-                .order_by(paper_fills.c.id)
+                .order_by(paper_fills.c.id.desc())  # newest first, like the venues' gateway
             )
             return [
                 Trade(str(r.id), f"paper-{r.id}", closing, r.price, r.quantity, r.realized_pnl, r.created_at)

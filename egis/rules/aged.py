@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-from egis.models import AgedPolicy, Side
+from egis.models import AgedPolicy, Side, fixed
 
 HOUR = 3600
 
@@ -48,7 +48,7 @@ def aged_phase(policy: AgedPolicy, age_s: float) -> AgedPhase:
 def target_price(entry: Decimal, side: Side, loss_pct: Decimal) -> Decimal:
     """The price at which closing loses exactly `loss_pct` percent (0 = breakeven)."""
     factor = loss_pct / Decimal(100)
-    return entry * (1 - factor) if side is Side.LONG else entry * (1 + factor)
+    return fixed(entry * (1 - factor) if side is Side.LONG else entry * (1 + factor))
 
 
 def target_reached(side: Side, price: Decimal, target: Decimal) -> bool:

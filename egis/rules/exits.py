@@ -1,9 +1,14 @@
 """What a position closed on the exchange (a ghost) earned, from the exchange's trade history.
 
-The exit price is the volume-weighted price of the closing trades that cover the open
-quantity; the realized PnL is the exchange's own figure when every trade carries one
-(Binance), otherwise it is computed from our entry price. No trades: both unknown (None),
-never a made-up 0.
+The trades come newest first: the most recent closing trades are what closed the quantity we
+still held (an earlier partial reduction was already recorded as a quantity adjustment). The
+exit price is the volume-weighted price of those that cover the open quantity; the realized PnL
+is the exchange's own figure when every trade used carries one (Binance), otherwise it is
+computed from our entry price. No trades: both unknown (None), never a made-up 0.
+
+The exit reason says who closed it: `liquidated` when the liquidation engine took (part of) it,
+`auto_deleveraged` when ADL did, `closed_on_exchange` otherwise (a stop, a manual close, or no
+trade found).
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from egis.models import Side
+from egis.models import Side, fixed
 from egis.rules.intent import pnl
+
+CLOSED_ON_EXCHANGE = "closed_on_exchange"
+LIQUIDATED = "liquidated"
+AUTO_DELEVERAGED = "auto_deleveraged"
 
 
 @dataclass(frozen=True)
@@ -21,12 +30,20 @@ class ClosingTrade:
     price: Decimal
     quantity: Decimal
     realized_pnl: Decimal | None
+    kind: str = "trade"  # trade | liquidation | adl
+
+
+@dataclass(frozen=True)
+class Exit:
+    price: Decimal | None
+    realized_pnl: Decimal | None
+    reason: str
 
 
 def exit_from_trades(
     side: Side, entry_price: Decimal | None, open_quantity: Decimal, trades: Sequence[ClosingTrade]
-) -> tuple[Decimal | None, Decimal | None]:
-    """(exit price, realized PnL) of closing `open_quantity`, or (None, None) if unknown."""
+) -> Exit:
+    """The exit of closing `open_quantity`, from closing trades newest first."""
     used: list[tuple[ClosingTrade, Decimal]] = []
     remaining = open_quantity
     for trade in trades:
@@ -37,10 +54,12 @@ def exit_from_trades(
         remaining -= take
     covered = open_quantity - remaining
     if not used or covered <= 0:
-        return None, None
-    exit_price = sum((t.price * q for t, q in used), Decimal(0)) / covered
+        return Exit(None, None, CLOSED_ON_EXCHANGE)
+    kinds = {t.kind for t, _ in used}
+    reason = LIQUIDATED if "liquidation" in kinds else AUTO_DELEVERAGED if "adl" in kinds else CLOSED_ON_EXCHANGE
+    exit_price = fixed(sum((t.price * q for t, q in used), Decimal(0)) / covered)
     if all(t.realized_pnl is not None and q == t.quantity for t, q in used):
-        return exit_price, sum((t.realized_pnl for t, _ in used), Decimal(0))  # type: ignore[misc]
+        return Exit(exit_price, sum((t.realized_pnl for t, _ in used), Decimal(0)), reason)  # type: ignore[misc]
     if entry_price is None:
-        return exit_price, None
-    return exit_price, pnl(side, entry_price, exit_price, covered)
+        return Exit(exit_price, None, reason)
+    return Exit(exit_price, pnl(side, entry_price, exit_price, covered), reason)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from egis.errors import IntentViolation, InvalidInput
-from egis.models import Intent, OrderSide, PositionStatus, Side, order_side_for
+from egis.models import Intent, OrderSide, PositionStatus, Side, fixed, order_side_for
 
 ZERO = Decimal(0)
 
@@ -66,7 +66,7 @@ def pnl(side: Side, entry: Decimal, exit_: Decimal, quantity: Decimal) -> Decima
 def _vwap(q1: Decimal, p1: Decimal | None, q2: Decimal, p2: Decimal) -> Decimal:
     if p1 is None or q1 == 0:
         return p2
-    return (q1 * p1 + q2 * p2) / (q1 + q2)
+    return fixed((q1 * p1 + q2 * p2) / (q1 + q2))
 
 
 def _check_fill(fill: Fill) -> None:
@@ -164,4 +164,4 @@ def increment(
     if previous_filled == 0 or previous_average is None:
         return Fill(quantity=delta, price=cumulative_average)
     price = (cumulative_filled * cumulative_average - previous_filled * previous_average) / delta
-    return Fill(quantity=delta, price=price)
+    return Fill(quantity=delta, price=fixed(price))

@@ -9,6 +9,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from egis.errors import QuantityRejected
 from egis.models import MAX_QUANTITY as ABSURD_QUANTITY
+from egis.models import fixed
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class MarketRules:
 
 def floor_to_step(quantity: Decimal, step: Decimal) -> Decimal:
     """Largest multiple of `step` not above `quantity`."""
-    return (quantity / step).to_integral_value(rounding=ROUND_DOWN) * step
+    return fixed((quantity / step).to_integral_value(rounding=ROUND_DOWN) * step)
 
 
 def validate_quantity(

@@ -64,7 +64,6 @@ def diff_account(
 ) -> SyncFindings:
     findings = SyncFindings()
     exchange = {(p.symbol, p.side): p for p in theirs}
-    known = {(p.symbol, p.side) for p in ours}  # any live status: a workflow owns it
     for position in ours:
         settled = position.status == "open" and (
             position.opened_at is None or (now - position.opened_at).total_seconds() >= grace_seconds
@@ -76,5 +75,13 @@ def diff_account(
             findings.ghosts.append(position)
         elif quantities_differ(position.open_quantity, theirs_now.quantity, steps.get(position.symbol, Decimal(0))):
             findings.drifts.append(Drift(position, theirs_now.quantity))
-    findings.orphans.extend(p for key, p in exchange.items() if key not in known)
+    findings.orphans.extend(untracked(list(exchange.values()), ours))
     return findings
+
+
+def untracked(theirs: Sequence[TheirPosition], ours: Sequence[OurPosition]) -> list[TheirPosition]:
+    """The exchange's positions that no live Egis position (any live status: a workflow owns it)
+    accounts for: orphans for the sync, and the reason an open in that symbol is refused, since
+    in one-way mode it would net against them."""
+    known = {(p.symbol, p.side) for p in ours}
+    return [p for p in theirs if (p.symbol, p.side) not in known]

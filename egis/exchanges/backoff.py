@@ -1,0 +1,112 @@
+"""One back-off per exchange account, shared by every activity and every worker process.
+
+When a venue throttles or bans us, it says for how long: Binance answers HTTP 429 (code -1003)
+with `Retry-After`, and an IP that keeps calling during that back-off gets HTTP 418 with
+`Retry-After` (a ban, from 2 minutes up to 3 days) (Binance USD-M docs, "General Info: Limits");
+Bybit answers retCode 10006 at HTTP 200 with `X-Bapi-Limit-Reset-Timestamp`, and HTTP 403
+("access too frequent") when an IP exceeds its limit, lifted after at least 10 minutes
+(bybit-exchange/docs docs/v5/rate-limit.mdx). Calling during a ban extends it, so no request
+may go out until it ends, from ANY worker: the deadline lives in PostgreSQL
+(`exchange_backoffs`) and every call reads it (one primary-key read) before it is sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from egis import metrics
+from egis.db.schema import exchange_backoffs
+
+DEFAULT_SECONDS = {
+    429: 30.0,  # Binance 429 without a Retry-After header: back off, don't spam (the docs' wording)
+    418: 120.0,  # Binance's first IP ban lasts 2 minutes
+    403: 600.0,  # Bybit: "wait at least 10 minutes" after an IP limit 403
+    200: 1.0,  # Bybit 10006 without a reset timestamp: its limits are per second
+}
+MAX_SECONDS = 3 * 24 * 3600.0  # Binance's longest ban: 3 days
+
+
+def retry_after(status: int | None, headers: Mapping[str, str] | None, now_ms: float | None = None) -> float:
+    """Seconds to wait after a throttling answer, from the venue's own headers."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    seconds: float | None = None
+    if "retry-after" in headers:
+        try:
+            seconds = float(headers["retry-after"])
+        except ValueError:
+            seconds = None
+    elif "x-bapi-limit-reset-timestamp" in headers:
+        try:
+            seconds = (float(headers["x-bapi-limit-reset-timestamp"]) - now_ms) / 1000
+        except ValueError:
+            seconds = None
+    if seconds is None or seconds <= 0:
+        seconds = DEFAULT_SECONDS.get(status or 0, DEFAULT_SECONDS[429])
+    return min(seconds, MAX_SECONDS)
+
+
+class Backoff:
+    """The back-off of one account. Without an engine (a gateway built outside a worker) it is
+    kept in memory only."""
+
+    def __init__(self, exchange: str, account: str, engine: AsyncEngine | None = None) -> None:
+        self.exchange = exchange
+        self.account = account
+        self.engine = engine
+        self._until = 0.0  # epoch seconds
+
+    async def remaining(self) -> float:
+        """Seconds until requests may go out again (0: now). Reads the shared deadline; if the
+        database cannot be read, the last one known here still holds."""
+        if self.engine is not None:
+            try:
+                async with self.engine.connect() as conn:
+                    until = (
+                        await conn.execute(
+                            select(exchange_backoffs.c.until).where(
+                                exchange_backoffs.c.exchange == self.exchange,
+                                exchange_backoffs.c.account == self.account,
+                            )
+                        )
+                    ).scalar_one_or_none()
+                if until is not None:
+                    self._until = max(self._until, until.timestamp())
+            except Exception:
+                pass
+        left = max(0.0, self._until - time.time())
+        metrics.EXCHANGE_BACKOFF_SECONDS.labels(self.exchange, self.account).set(left)
+        return left
+
+    async def impose(self, seconds: float, reason: str) -> None:
+        """No request to this account for `seconds` (a longer deadline already set stays)."""
+        until = time.time() + seconds
+        self._until = max(self._until, until)
+        metrics.EXCHANGE_BACKOFF_SECONDS.labels(self.exchange, self.account).set(max(0.0, self._until - time.time()))
+        metrics.EXCHANGE_BACKOFFS.labels(self.exchange, self.account).inc()
+        if self.engine is None:
+            return
+        at = datetime.fromtimestamp(until, UTC)
+        statement = pg_insert(exchange_backoffs).values(
+            exchange=self.exchange, account=self.account, until=at, reason=reason[:300]
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[exchange_backoffs.c.exchange, exchange_backoffs.c.account],
+            set_={
+                "until": func.greatest(exchange_backoffs.c.until, statement.excluded.until),
+                "reason": statement.excluded.reason,
+                "updated_at": func.now(),
+            },
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+
+def until_text(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
