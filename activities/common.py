@@ -16,6 +16,8 @@ from egis.errors import EgisError
 from egis.exchanges.base import ExchangeCallError, Gateway
 from egis.models import ErrorClass, Exchange
 
+MAX_RETRY_DELAY_S = 30.0
+
 
 def typed_failure(exc: EgisError) -> ApplicationError:
     """Our typed refusals cross Temporal as non-retryable ApplicationErrors with the class name."""
@@ -25,7 +27,9 @@ def typed_failure(exc: EgisError) -> ApplicationError:
 def transient(exc: ExchangeCallError, reason: str) -> ApplicationError:
     """A retryable failure: Temporal retries the activity with backoff, or, when the venue said
     how long to wait (Retry-After, a ban), not before then: a close waits a ban out."""
-    delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
+    # look again at most every 30 s: each retry only re-reads the shared back-off (nothing is sent
+    # while it lasts), and a ban that ends early, or one an operator lifted, costs no extra wait
+    delay = timedelta(seconds=min(exc.retry_after, MAX_RETRY_DELAY_S)) if exc.retry_after else None
     return ApplicationError(
         f"{reason}: {exc}", type="TransientExchangeError", non_retryable=False, next_retry_delay=delay
     )

@@ -329,7 +329,8 @@ class PositionActivities:
             on_exchange = await gateway.fetch_position(position["symbol"], side)
             verified = True
         except ExchangeCallError as exc:
-            if exc.classify("read").outcome is not ErrorClass.TRANSIENT:
+            if exc.classify("read").outcome is not ErrorClass.TRANSIENT or exc.retry_after:
+                # throttled or banned: nothing may go out until it ends; the close waits it out
                 raise read_failure(exc) from None
             metrics.CLOSE_VALIDATION_FAILURES.labels(label).inc()
             log.warning(

@@ -5,10 +5,12 @@ Everything is real: the embedded stack (PostgreSQL, Temporal dev server, a worke
 the exchange simulators spoken to by the real ccxt client, and the paper exchange. Lifecycle
 drivers play the bots and the operator (they retry what an operator would retry); the monkey
 injects, at random points: worker kill -9 and restart, PostgreSQL restart, Temporal restart,
-and exchange faults (5xx, timeouts, accept-then-timeout, 429 bursts, misleading 170131 / -2022).
+and exchange faults (5xx, timeouts, accept-then-timeout, 429 bursts, misleading 170131 / -2022,
+bans: 429 then 418 / Bybit 403), and venue-wide behaviours for a while (a skewed clock, Bybit's
+order history lagging with its realtime cache empty, Binance answering MARKET orders NEW / 0).
 Lifecycle kinds: normal, closed behind the bot's back (ghost, manual or found by the sync),
-aged, partly closed by hand, and a reversal (close a long, open a short at once: seed 000's
-phantom rule matches it; phantom cleanup runs with --confirm all along).
+aged, partly closed by hand, a reversal (close a long, open a short at once: seed 000's phantom
+rule matches it; phantom cleanup runs with --confirm all along), and liquidated (or ADL).
 """
 
 from __future__ import annotations
@@ -57,12 +59,19 @@ START_PRICES = {
     "DOGEUSDT": D("0.2"),
     "CLOUDUSDT": D("0.13012"),
 }
-KINDS = ["normal", "ghost_manual", "ghost_passive", "aged", "partial", "reversal"]
+KINDS = ["normal", "ghost_manual", "ghost_passive", "aged", "partial", "reversal", "liquidated"]
 LEGACY_EVERY = 25
 """One legacy phantom (seed 000's rows: no workflow, no orders) is planted per this many lifecycles."""
 JANITOR_SECONDS = 4.0
 """Phantom cleanup runs with --confirm this often while the load runs (issue 11)."""
 AGED = AgedPolicy(max_age_s=2, grace_s=120, loss_step_pct=D("0.5"), max_loss_pct=D(5), expire_s=600)
+VENUE_DEFAULTS = {
+    "clock_offset_ms": 0,
+    "bybit_history_delay_ms": 500,
+    "bybit_realtime_closed_cap": 500,
+    "binance_market_new_answer": False,
+}
+"""The simulator's faithful defaults, restored after each venue-wide fault."""
 TRANSIENT = (RPCError, StackError, OSError, ConnectionError, DBAPIError, InterfaceError, TimeoutError)
 
 
@@ -128,6 +137,7 @@ class Chaos:
         self.run_id = time.strftime("%H%M%S")
         self.prices = dict(START_PRICES)
         self.violations: list[invariants.Violation] = []  # found during the run (after each cleanup)
+        self.reverts: list[asyncio.Task[None]] = []
         self.refusals = self.tally.refusals
 
     # ------------------------------------------------------------ setup
@@ -152,6 +162,7 @@ class Chaos:
                 write_account(accounts_dir, account, config)
                 if key:
                     self.api_keys[account] = key
+                    await self.sim.add_api_keys({key: "chaos-secret"})
                 if exchange is Exchange.BINANCEUSDM:  # owns the legacy rows seed 000 left behind
                     spec = BotSpec(name=f"{account}-legacy", exchange=exchange, account=account, budget_usd=D(100000))
                     await self.client.create_bot(spec, actor="chaos")
@@ -181,7 +192,7 @@ class Chaos:
     async def lifecycle(self, n: int) -> None:
         kind = KINDS[n % len(KINDS)] if n < len(KINDS) else self.rng.choice(KINDS)
         slot = await self.slots.get()
-        if slot.exchange is Exchange.PAPER and kind in ("ghost_manual", "ghost_passive", "partial"):
+        if slot.exchange is Exchange.PAPER and kind in ("ghost_manual", "ghost_passive", "partial", "liquidated"):
             kind = "normal"  # the paper exchange has no "behind our back"
         if kind == "reversal" and slot.exchange is not Exchange.BINANCEUSDM:
             kind = "normal"  # seed 000's phantom rule looks at Binance only
@@ -208,6 +219,9 @@ class Chaos:
                 return
             await asyncio.sleep(self.rng.uniform(2, 6))  # long enough for the janitor's cleanup to see it
         await asyncio.sleep(self.rng.uniform(0, 1.5))
+        if kind == "liquidated" and slot.api_key:  # the liquidation engine (or ADL) takes it
+            action = self.sim.liquidate if self.rng.random() < 0.7 else self.sim.auto_deleverage
+            await patient(lambda: action(slot.api_key, slot.symbol))  # type: ignore[arg-type]
         if kind in ("ghost_manual", "ghost_passive") and slot.api_key:
             await patient(lambda: self.sim.close_position(slot.api_key, slot.symbol))  # type: ignore[arg-type]
         if kind == "partial" and slot.api_key:  # someone halves it by hand on the exchange
@@ -376,10 +390,28 @@ class Chaos:
             "misleading 170131/-2022": (order, {"kind": "error", **misleading}),
             "position read 5xx": (read, {"kind": "http", "http_status": 502, "body": "Bad Gateway"}),
         }
-        name = self.rng.choice(sorted(choices))
+        choices["ban (429 then 418 / 403)"] = (read, {"kind": "ban", "seconds": self.rng.uniform(2, 8)})
+        venue = {
+            "clock skew": {"clock_offset_ms": self.rng.choice([-1, 1]) * self.rng.randint(2_000, 40_000)},
+            "delayed order history (bybit)": {
+                "bybit_history_delay_ms": self.rng.randint(1_000, 8_000),
+                "bybit_realtime_closed_cap": self.rng.choice([0, 5, 500]),
+            },
+            "NEW/0 market answers (binance)": {"binance_market_new_answer": True},
+        }
+        name = self.rng.choice(sorted([*choices, *venue]))
+        if name in venue:  # a venue-wide behaviour for a while, then back to the default
+            await patient(lambda: self.sim.settings(**venue[name]))
+            self.tally.faults[name] += 1
+            self.reverts.append(asyncio.create_task(self._revert_later(self.rng.uniform(3, 15))))
+            return
         route, fault = choices[name]
         await patient(lambda: self.sim.add_fault(route, api_key=key, **{"count": 1} | fault))
         self.tally.faults[name] += 1
+
+    async def _revert_later(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await patient(lambda: self.sim.settings(**VENUE_DEFAULTS))
 
 
 @dataclass
@@ -418,6 +450,7 @@ async def run(config: ChaosConfig) -> ChaosResult:
             "EGIS_SYNC_GRACE_SECONDS": "3",
             "EGIS_METRICS_PORT": "0",
             "EGIS_SDK_METRICS_PORT": "0",
+            "EGIS_BYBIT_IP_BAN_SECONDS": "10",  # the simulated 403 bans last seconds, Bybit's real ones 10+ min
         },
     )
     await stack.start()
@@ -442,7 +475,9 @@ async def run(config: ChaosConfig) -> ChaosResult:
             janitor = asyncio.create_task(chaos.janitor(janitor_stop))
             await asyncio.gather(*(one(n) for n in range(config.lifecycles)))
             await monkey
+            await asyncio.gather(*chaos.reverts)
             await sim.clear_faults()
+            await sim.lift_bans()
             if stack.worker is None or stack.worker.returncode is not None:
                 await stack.start_worker()
             load_done = time.monotonic()

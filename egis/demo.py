@@ -299,7 +299,7 @@ async def demo_stack(settings: Settings) -> AsyncIterator[tuple[Settings, str | 
 
 async def run_demo(settings: Settings, *, keep: bool = False) -> int:
     run_id = time.strftime("%Y%m%d%H%M%S")
-    sim: SimulatorServer = await start_simulator()
+    sim: SimulatorServer = await start_simulator(api_keys=dict(KEYS.values()))
     write_demo_accounts(settings, sim.base_url)
     print(f"exchange simulators (Binance USD-M + Bybit v5 protocols) on {sim.base_url}")
     try:

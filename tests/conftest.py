@@ -143,7 +143,7 @@ ACCOUNTS = {"binanceusdm": "sim-binance", "bybit": "sim-bybit", "paper": "paper-
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[SimulatorServer]:
     """A fresh exchange simulator (both protocols on one port) for one test."""
-    server = await start_simulator()
+    server = await start_simulator(api_keys=dict(SIM_KEYS.values()))
     yield server
     await server.stop()
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.timeout(900)
 def test_quick_chaos_run_keeps_every_invariant(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     result = subprocess.run(

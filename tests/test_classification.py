@@ -27,12 +27,12 @@ class Recipe:
     operation: str  # open | close | read
     fault: dict[str, Any] = field(default_factory=dict)  # SimulatorControl.add_fault kwargs (route implied)
     setup: str | None = None  # "position": hold a long first; "duplicate": send the client id twice;
-    # "bybit_110017": select Bybit's other reduce-only answer; "huge": an open far beyond the balance
+    # "bybit_170131": select Bybit's other reduce-only answer (seed 003's); "huge": an open far beyond the balance
 
 
 RECIPES = [
-    Recipe("bybit-170131-close", "bybit", "close"),  # reduce-only close of a position that is not there
-    Recipe("bybit-110017-close", "bybit", "close", setup="bybit_110017"),
+    Recipe("bybit-170131-close", "bybit", "close", setup="bybit_170131"),  # as seed 003's bot saw it
+    Recipe("bybit-110017-close", "bybit", "close"),  # the venue's default answer
     Recipe("binance-2022-close", "binanceusdm", "close"),
     Recipe(
         "binance-2019-close", "binanceusdm", "close", {"kind": "error", "code": -2019, "msg": "Margin is insufficient."}
@@ -41,7 +41,9 @@ RECIPES = [
     Recipe(
         "insufficient-close", "bybit", "close", {"kind": "error", "code": 110007, "msg": "ab not enough for new order"}
     ),
-    Recipe("binance-4116-duplicate", "binanceusdm", "open", setup="duplicate"),
+    # Binance refuses a duplicate id only among OPEN orders (a market order never rests): the setting
+    # stands in for an id still held by an open order
+    Recipe("binance-4116-duplicate", "binanceusdm", "open", setup="duplicate_open"),
     Recipe("bybit-110072-duplicate", "bybit", "open", setup="duplicate"),
     Recipe(
         "binance-unknown-status",
@@ -170,16 +172,18 @@ async def test_classification_row_from_a_real_call(
     quantity = "0.01"
     if recipe.setup and recipe.setup.startswith("position"):
         await gateway.create_order(_order(Intent.OPEN, "setup-open"))
-    if recipe.setup == "duplicate":
+    if recipe.setup == "duplicate_open":
+        await sim_control.settings(binance_reject_reused_client_id=True)
+    if recipe.setup in ("duplicate", "duplicate_open"):
         await gateway.create_order(_order(Intent.OPEN, "dup-1"))
-    if recipe.setup == "bybit_110017":
-        await sim_control.settings(bybit_reduce_only_code=110017)
+    if recipe.setup == "bybit_170131":
+        await sim_control.settings(bybit_reduce_only_code=170131)
     if recipe.setup == "huge":
         quantity = "100"  # 100 BTC at 60,000 against a 10,000 USDT wallet
     if recipe.fault:
         route = (READ_ROUTE if recipe.operation == "read" else ORDER_ROUTE)[recipe.exchange]
         await sim_control.add_fault(route, api_key=SIM_KEYS[recipe.exchange][0], **recipe.fault)
-    cid = "dup-1" if recipe.setup == "duplicate" else "probe-1"
+    cid = "dup-1" if recipe.setup in ("duplicate", "duplicate_open") else "probe-1"
     with pytest.raises(ExchangeCallError) as info:
         await _run(gateway, recipe.operation, cid, quantity)
     verdict = info.value.classify()

@@ -210,10 +210,13 @@ async def test_a_remainder_below_the_minimum_order_size_is_closed_reduce_only(
     result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
     assert result is not None and result.status == "closed" and result.orders_sent == 1
     (close_order,) = [o for o in await sim_control.orders(key) if o["reduce_only"]]
-    assert close_order["quantity"] == D("0.9") and close_order["outcome"] == "accepted"
+    # Binance exempts reduce-only orders from its minimums; Bybit's closing orders keep the minimum
+    # size, and its documented way out is qty 0 + reduceOnly + closeOnTrigger (the whole position)
+    sent = D("0.9") if exchange is Exchange.BINANCEUSDM else D("0")
+    assert close_order["quantity"] == sent and close_order["outcome"] == "accepted"
     assert await sim_control.positions(key) == []
     (row,) = await db_positions(h)
-    assert row["status"] == "closed" and row["quantity"] == D("0.9")
+    assert row["status"] == "closed" and row["quantity"] == D("0.9") and row["closed_quantity"] == D("0.9")
 
 
 async def test_a_close_activity_that_fails_for_good_reopens_the_position_in_the_db(
@@ -263,6 +266,7 @@ async def test_verify_after_170131_finds_the_position_gone(h: Harness, sim_contr
     bot = await h.bot(Exchange.BYBIT)
     view = await h.open(bot)
     key = SIM_KEYS["bybit"][0]
+    await sim_control.settings(bybit_reduce_only_code=170131)  # as seed 003's bot saw it (the default is 110017)
     await sim_control.close_position(key, "BTCUSDT", price="61000")
     await sim_control.add_fault(
         "GET /v5/position/list", "http", http_status=503, body="Service Unavailable.", api_key=key

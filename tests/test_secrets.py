@@ -71,6 +71,7 @@ async def test_keys_appear_in_no_history_log_or_row(
         ),
     )
     write_account(accounts, "canary-env", AccountConfig(exchange=Exchange.BYBIT, base_url=sim_control.base_url))
+    await sim_control.add_api_keys({CANARY_KEY: CANARY_SECRET, ENV_KEY: ENV_SECRET})
     queue = f"secrets-{uuid.uuid4().hex[:8]}"
     address = temporal_env.client.service_client.config.target_host
     env = {

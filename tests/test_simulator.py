@@ -65,7 +65,14 @@ async def make_exchange(sim: SimulatorServer) -> AsyncIterator[MakeExchange]:
 
     def make(exchange_id: str, api_key: str = "k1", **config: Any) -> Exchange:
         # timeout_on_exit: ccxt's close() otherwise sleeps 250 ms (for TLS shutdown, moot on local http)
-        config = {"apiKey": api_key, "secret": "s1", "enableRateLimit": False, "timeout_on_exit": 0, **config}
+        config = {
+            "apiKey": api_key,
+            "secret": f"{api_key}-secret",
+            "enableRateLimit": False,
+            "timeout_on_exit": 0,
+            **config,
+        }
+        sim.core.register_api_key(config["apiKey"], config["secret"])
         exchange = point_to_local(CLASSES[exchange_id](config), sim.base_url)
         created.append(exchange)
         return exchange
@@ -114,7 +121,11 @@ async def test_load_markets_parses_precision_and_limits(ex: Exchange, sim: Simul
     assert set(ex.symbols) >= {BTC, ETH, "SOL/USDT:USDT", "DOGE/USDT:USDT", "CLOUD/USDT:USDT"}
     assert btc["swap"] and btc["linear"] and btc["settle"] == "USDT" and btc["active"]
     assert btc["precision"]["amount"] == 0.001 and btc["precision"]["price"] == 0.1
-    assert btc["limits"]["amount"]["min"] == 0.001 and btc["limits"]["cost"]["min"] == 5
+    # real minimum order values: Binance BTCUSDT 100 USDT, Bybit 5 USDT
+    assert (
+        btc["limits"]["amount"]["min"] == 0.001
+        and btc["limits"]["cost"]["min"] == {"binanceusdm": 100, "bybit": 5}[ex.id]
+    )
     assert doge["precision"]["amount"] == 1 and doge["precision"]["price"] == 0.00001
     expected = {
         "binanceusdm": ["GET /fapi/v1/exchangeInfo"],
@@ -184,33 +195,52 @@ async def test_unknown_order_is_order_not_found(ex: Exchange) -> None:
         await ex.cancel_order(created["id"], BTC)
 
 
-async def test_duplicate_client_id_is_invalid_order(ex: Exchange, control: SimulatorControl) -> None:
+async def test_bybit_order_link_id_is_unique_forever(make_exchange: MakeExchange, control: SimulatorControl) -> None:
+    ex = make_exchange("bybit")
     await market_order(ex, "buy", 0.01, "dup-1")
-    with pytest.raises(ccxt.InvalidOrder):
+    with pytest.raises(ccxt.InvalidOrder, match="110072"):
         await market_order(ex, "buy", 0.01, "dup-1")
     log = await control.orders("k1")
-    assert [(e["outcome"], e["error_code"]) for e in log] == [
-        ("accepted", None),
-        ("rejected", {"binanceusdm": -4116, "bybit": 110072}[ex.id]),
-    ]
+    assert [(e["outcome"], e["error_code"]) for e in log] == [("accepted", None), ("rejected", 110072)]
     assert [p["quantity"] for p in await control.positions("k1")] == [Decimal("0.01")]
 
 
+async def test_binance_client_id_is_unique_among_open_orders_only(
+    make_exchange: MakeExchange, control: SimulatorControl
+) -> None:
+    """newClientOrderId is "A unique id among open orders": a market order is filled at once, so its id can
+    be reused and the reuse is a NEW order (two accepted entries in the order log, twice the position)."""
+    ex = make_exchange("binanceusdm")
+    first = await market_order(ex, "buy", 0.01, "dup-1")
+    second = await market_order(ex, "buy", 0.01, "dup-1")
+    assert first["id"] != second["id"] and first["clientOrderId"] == second["clientOrderId"] == "dup-1"
+    log = await control.orders("k1")
+    assert [(e["client_order_id"], e["outcome"]) for e in log] == [("dup-1", "accepted"), ("dup-1", "accepted")]
+    assert [p["quantity"] for p in await control.positions("k1")] == [Decimal("0.02")]
+    assert (await find_by_client_id(ex, "dup-1"))["id"] == second["id"]  # the most recent of the two
+
+    await control.settings(binance_reject_reused_client_id=True)  # the old, kinder behaviour
+    with pytest.raises(ccxt.InvalidOrder, match="-4116"):
+        await market_order(ex, "buy", 0.01, "dup-1")
+    assert (await control.orders("k1"))[-1]["error_code"] == -4116
+
+
 async def test_reduce_only_without_position_is_rejected(ex: Exchange, control: SimulatorControl) -> None:
-    expected = ccxt.InsufficientFunds if ex.id == "bybit" else ccxt.InvalidOrder
-    with pytest.raises(expected):
+    message = {"binanceusdm": "ReduceOnly Order is rejected", "bybit": "current position is zero"}[ex.id]
+    with pytest.raises(ccxt.InvalidOrder, match=message):
         await market_order(ex, "sell", 0.01, "ro-1", reduceOnly=True)
     [entry] = await control.orders("k1")
     assert entry["outcome"] == "rejected" and entry["reduce_only"] is True
-    assert entry["error_code"] == {"binanceusdm": -2022, "bybit": 170131}[ex.id]
+    assert entry["error_code"] == {"binanceusdm": -2022, "bybit": 110017}[ex.id]
     assert entry["reason"] == "reduce_only_rejected"
 
 
 async def test_bybit_reduce_only_code_setting(make_exchange: MakeExchange, control: SimulatorControl) -> None:
     ex = make_exchange("bybit")
-    await control.settings(bybit_reduce_only_code=110017)
-    with pytest.raises(ccxt.InvalidOrder, match="110017"):
+    await control.settings(bybit_reduce_only_code=170131)  # what seed 003's bot saw; listed under Spot only
+    with pytest.raises(ccxt.InsufficientFunds, match="170131"):
         await market_order(ex, "sell", 0.01, "ro-2", reduceOnly=True)
+    assert (await control.orders("k1"))[-1]["error_code"] == 170131
 
 
 async def test_reduce_only_on_the_position_side_is_rejected(ex: Exchange) -> None:
@@ -257,7 +287,7 @@ async def test_quantity_validation_uses_native_codes(ex: Exchange, control: Simu
 
 async def test_fee_rate_is_charged(ex: Exchange, control: SimulatorControl) -> None:
     settings = await control.settings(fee_rate="0.0005")
-    assert settings["fee_rate"] == Decimal("0.0005") and settings["bybit_reduce_only_code"] == 170131
+    assert settings["fee_rate"] == Decimal("0.0005") and settings["bybit_reduce_only_code"] == 110017
     await market_order(ex, "buy", 0.01, "fee-1")
     assert (await ex.fetch_balance())["USDT"]["total"] == pytest.approx(9999.7)
     [trade] = await ex.fetch_my_trades(BTC)
@@ -356,10 +386,15 @@ async def test_accept_then_timeout_leaves_the_order_in_place(ex: Exchange, contr
     order = await find_by_client_id(ex, "att-1")
     assert order["status"] == "closed" and order["filled"] == 0.01
     assert [(e["client_order_id"], e["outcome"]) for e in await control.orders("k1")] == [("att-1", "accepted")]
-    with pytest.raises(ccxt.InvalidOrder):  # a retry with the same client id is refused as a duplicate
+    if ex.id == "bybit":
+        with pytest.raises(ccxt.InvalidOrder):  # orderLinkId is unique forever: the retry is refused
+            await market_order(ex, "buy", 0.01, "att-1")
+        [position] = await open_positions(ex)
+        assert position["contracts"] == 0.01
+    else:  # the id is unique among OPEN orders only: a blind retry is a second order
         await market_order(ex, "buy", 0.01, "att-1")
-    [position] = await open_positions(ex)
-    assert position["contracts"] == 0.01
+        [position] = await open_positions(ex)
+        assert position["contracts"] == 0.02
 
 
 async def test_fault_count_order_and_api_key_filter(make_exchange: MakeExchange, control: SimulatorControl) -> None:

@@ -12,6 +12,7 @@ may go out until it ends, from ANY worker: the deadline lives in PostgreSQL
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,12 @@ from egis.db.schema import exchange_backoffs
 DEFAULT_SECONDS = {
     429: 30.0,  # Binance 429 without a Retry-After header: back off, don't spam (the docs' wording)
     418: 120.0,  # Binance's first IP ban lasts 2 minutes
-    403: 600.0,  # Bybit: "wait at least 10 minutes" after an IP limit 403
+    403: float(os.environ.get("EGIS_BYBIT_IP_BAN_SECONDS", "600")),  # Bybit: "wait at least 10 minutes"
     200: 1.0,  # Bybit 10006 without a reset timestamp: its limits are per second
 }
+"""Used when the answer carries no Retry-After / reset time. Bybit's IP ban says nothing about its
+length beyond "at least 10 minutes"; EGIS_BYBIT_IP_BAN_SECONDS changes that wait (the chaos runner
+shortens it, its simulated bans last seconds)."""
 MAX_SECONDS = 3 * 24 * 3600.0  # Binance's longest ban: 3 days
 
 

@@ -351,12 +351,15 @@ class CcxtGateway:
         params: dict[str, Any] = {"clientOrderId": request.client_order_id}
         if request.reduce_only:
             params["reduceOnly"] = True
-        order = await self._call(
-            request.intent.value,
-            self._ex.create_order(
-                ccxt_symbol, "market", request.side.value, format(request.quantity, "f"), None, params
-            ),
-        )
+        if not self._binance and request.reduce_only and request.quantity < rules.min_quantity:
+            order = await self._bybit_close_remainder(request)
+        else:
+            order = await self._call(
+                request.intent.value,
+                self._ex.create_order(
+                    ccxt_symbol, "market", request.side.value, format(request.quantity, "f"), None, params
+                ),
+            )
         if self._binance:
             return self._binance_report(order["info"])
         # Bybit acknowledges with ids only; the fill is read back by client id.
@@ -366,6 +369,28 @@ class CcxtGateway:
                 return report
             await asyncio.sleep(0.1)
         return report or OrderReport(request.client_order_id, order.get("id"), "open", Decimal(0), None)
+
+    async def _bybit_close_remainder(self, request: OrderRequest) -> dict[str, Any]:
+        """A remainder below minOrderQty (left by a partial stop): Bybit exempts closing orders from
+        the minimum notional but not from the minimum size (help center, "Derivatives Trading
+        Rules"); its documented way out is qty "0" with reduceOnly and closeOnTrigger, which closes
+        the whole position (docs/v5/order/create-order.mdx). In one-way mode the position is ours."""
+        answer = await self._call(
+            request.intent.value,
+            self._ex.privatePostV5OrderCreate(
+                {
+                    "category": "linear",
+                    "symbol": request.symbol,
+                    "side": "Buy" if request.side is OrderSide.BUY else "Sell",
+                    "orderType": "Market",
+                    "qty": "0",
+                    "reduceOnly": True,
+                    "closeOnTrigger": True,
+                    "orderLinkId": request.client_order_id,
+                }
+            ),
+        )
+        return {"id": answer.get("result", {}).get("orderId"), "info": answer.get("result", {})}
 
     def _binance_report(self, info: dict[str, Any]) -> OrderReport:
         filled = _dec(info.get("executedQty")) or Decimal(0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egis.exchanges.accounts import AccountConfig, load_account
+from egis.exchanges.backoff import Backoff
 from egis.exchanges.base import Gateway
 from egis.exchanges.ccxt_gateway import CcxtGateway
 from egis.exchanges.paper import PaperGateway
@@ -27,7 +28,7 @@ def build_gateway(exchange: Exchange, account: str, config: AccountConfig, engin
             AccountConfig(exchange=source.exchange, base_url=source.base_url, sandbox=source.sandbox),
         )
         return PaperGateway(account, config, engine, prices)
-    return CcxtGateway(exchange, account, config)
+    return CcxtGateway(exchange, account, config, Backoff(exchange.value, account, engine))
 
 
 class Gateways:

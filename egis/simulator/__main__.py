@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from egis.simulator.server import EXCHANGES, run_standalone
+from egis.simulator.server import API_KEYS_ENV, EXCHANGES, parse_api_keys, run_standalone
 
 
 def _port(text: str) -> int:
@@ -26,9 +26,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exchange", required=True, choices=EXCHANGES, help="protocol the caller will use")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=0, help="port to listen on (default 0: a free one)")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY:SECRET",
+        help=f"accept this API key, signed with SECRET (repeatable; also ${API_KEYS_ENV}=KEY:SECRET,...)",
+    )
     args = parser.parse_args(argv)
     try:
-        run_standalone(args.exchange, args.host, args.port)
+        api_keys = parse_api_keys(",".join(args.api_key))
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        run_standalone(args.exchange, args.host, args.port, api_keys)
     except OSError as exc:
         parser.exit(1, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc}\n")
 

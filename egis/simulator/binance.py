@@ -1,13 +1,21 @@
 """Binance USD-M futures front end of the simulator: the /fapi REST endpoints ccxt's binanceusdm uses.
 
-Authentication is by API key only (header ``X-MBX-APIKEY``; signatures are not checked). GET and DELETE
+Sources (quoted per behaviour below): the USD-M docs at https://developers.binance.com/docs/derivatives/
+usds-margined-futures/ (mirrored as markdown in rosssaunders/coincise docs/binance/usdm/...), and real
+answers quoted in public issues.
+
+Authentication: header ``X-MBX-APIKEY`` names a key registered with the simulator (unknown: -2015);
+SIGNED (TRADE/USER_DATA) endpoints need ``timestamp`` within ``recvWindow`` of the server clock (-1021)
+and ``signature`` = HMAC-SHA256 of the query string concatenated with the body (-1022). GET and DELETE
 parameters arrive in the query string, POST parameters as a form body. Errors are ``{"code", "msg"}``
-with HTTP 400 unless stated otherwise. Orders are answered in full (as for ``newOrderRespType=RESULT``).
+with HTTP 400 unless stated otherwise. Every answer carries ``X-MBX-USED-WEIGHT-1M``; order answers
+``X-MBX-ORDER-COUNT-10S`` and ``-1M``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -16,17 +24,23 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from egis.simulator.core import (
+    DAY_MS,
+    MAX_BINANCE_BAN_SECONDS,
     Account,
     Order,
     OrderRejected,
     OrderRequest,
+    OrderSource,
+    OrderStatus,
     Position,
+    PositionSide,
     RejectReason,
     Side,
     Trade,
     UnknownSymbol,
-    now_ms,
+    VenueRules,
 )
+from egis.simulator.limits import MINUTE_MS, Verdict
 from egis.simulator.markets import MarketSpec
 from egis.simulator.wire import (
     ApiError,
@@ -36,12 +50,18 @@ from egis.simulator.wire import (
     Payload,
     PrivateHandler,
     PublicHandler,
+    WindowError,
+    client_ip,
     fmt,
+    hmac_sha256_hex,
     in_window,
     limit_param,
+    lookup_window,
     optional,
     optional_int,
+    params_of,
     parse_bool,
+    raw_of,
     required,
 )
 
@@ -49,6 +69,18 @@ VENUE = "binanceusdm"
 MAX_LEVERAGE = 125
 _MAX_NOTIONAL = "1000000"
 _DELIVERY_DATE_PERPETUAL = 4133404800000
+ORDER_PATH = "/fapi/v1/order"
+# "If recvWindow is not sent, it defaults to 5000" (General Info > Timing Security); it cannot exceed 60000.
+DEFAULT_RECV_WINDOW = 5000
+MAX_RECV_WINDOW = 60000
+# Query Order / All Orders: "These orders will not be found: order status is CANCELED or EXPIRED AND
+# order has NO filled trade AND created time + 3 days < current time; order create time + 90 days <
+# current time" (https://developers.binance.com/docs/derivatives/usds-margined-futures/trade/rest-api/
+# Query-Order).
+ORDER_HORIZON_MS = 90 * DAY_MS
+UNFILLED_ORDER_HORIZON_MS = 3 * DAY_MS
+# Account Trade List: "Only support querying trade in the past 6 months" (.../trade/rest-api/Account-Trade-List).
+TRADE_HORIZON_MS = 180 * DAY_MS
 
 _REJECTIONS: dict[RejectReason, tuple[int, str]] = {
     RejectReason.UNKNOWN_SYMBOL: (-1121, "Invalid symbol."),
@@ -57,7 +89,17 @@ _REJECTIONS: dict[RejectReason, tuple[int, str]] = {
     RejectReason.QTY_PRECISION: (-1111, "Precision is over the maximum defined for this asset."),
     RejectReason.QTY_TOO_SMALL: (-4003, "Quantity less than or equal to zero."),
     RejectReason.QTY_TOO_LARGE: (-4005, "Quantity greater than max quantity."),
+    # -4164 MIN_NOTIONAL "Order's notional must be no smaller than %s (unless you choose reduce only)"
+    # (USD-M error codes; real answer quoted in conor19w/Binance-Futures-Trading-Bot#52). The message
+    # is completed with the market's minimum in _new_order.
+    RejectReason.NOTIONAL_TOO_SMALL: (
+        -4164,
+        "Order's notional must be no smaller than {} (unless you choose reduce only).",
+    ),
     RejectReason.DUPLICATE_CLIENT_ORDER_ID: (-4116, "ClientOrderId is duplicated."),
+    # -4061 POSITION_SIDE_NOT_MATCH (USD-M error codes): positionSide must be BOTH (one-way) or LONG/SHORT
+    # (hedge mode: "It must be sent in Hedge Mode", New Order docs).
+    RejectReason.POSITION_SIDE_MISMATCH: (-4061, "Order's position side does not match user's setting."),
     RejectReason.REDUCE_ONLY_REJECTED: (-2022, "ReduceOnly Order is rejected."),
     RejectReason.INSUFFICIENT_MARGIN: (-2019, "Margin is insufficient."),
 }
@@ -68,6 +110,33 @@ _RATE_LIMITS = [
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
 ]
 
+# Request weight per endpoint, from each endpoint's "Request Weight" in the USD-M docs: an int, or
+# (with symbol, without symbol). New Order weighs 0 on the IP limit and 1 on the order counts.
+_WEIGHTS: dict[tuple[str, str], int | tuple[int, int]] = {
+    ("GET", "/fapi/v1/exchangeInfo"): 1,
+    ("GET", "/fapi/v1/time"): 1,
+    ("GET", "/fapi/v1/ticker/24hr"): (1, 40),
+    ("GET", "/fapi/v1/ticker/price"): (1, 2),
+    ("GET", "/fapi/v2/ticker/price"): (1, 2),
+    ("GET", "/fapi/v1/premiumIndex"): (1, 10),
+    ("GET", "/fapi/v2/account"): 5,
+    ("GET", "/fapi/v3/account"): 5,
+    ("GET", "/fapi/v1/leverageBracket"): 1,
+    ("GET", "/fapi/v2/positionRisk"): 5,
+    ("GET", "/fapi/v3/positionRisk"): 5,
+    ("POST", ORDER_PATH): 0,
+    ("GET", ORDER_PATH): 1,
+    ("DELETE", ORDER_PATH): 1,
+    ("GET", "/fapi/v1/openOrders"): (1, 40),
+    ("GET", "/fapi/v1/allOrders"): 5,
+    ("GET", "/fapi/v1/userTrades"): 5,
+    ("GET", "/fapi/v1/forceOrders"): (20, 50),
+    ("POST", "/fapi/v1/leverage"): 1,
+    ("POST", "/fapi/v1/listenKey"): 1,
+    ("GET", "/fapi/v1/positionSide/dual"): 30,
+    ("POST", "/fapi/v1/positionSide/dual"): 1,
+}
+
 _Item = TypeVar("_Item")
 
 
@@ -77,7 +146,7 @@ def reject_code(reason: RejectReason) -> int:
 
 
 class BinanceFrontEnd(FrontEnd):
-    """Serves the Binance USD-M futures REST protocol (one-way mode, USDT margin) from a SimulatorCore."""
+    """Serves the Binance USD-M futures REST protocol (USDT margin, one-way or hedge mode) from a SimulatorCore."""
 
     path_prefix = "/fapi/"
     api_key_header = "X-MBX-APIKEY"
@@ -86,21 +155,89 @@ class BinanceFrontEnd(FrontEnd):
         """A Binance error answer (HTTP 400 unless given)."""
         return web.json_response({"code": code, "msg": msg}, status=http_status or 400)
 
-    def rate_limit_response(self) -> web.Response:
-        """Binance's answer over the request-weight limit: HTTP 429 with code -1003."""
-        return self.error_response(
-            -1003,
-            "Too many requests; current limit of IP is 2400 requests per minute. "
-            "Please use the websocket for live updates to avoid polling the API.",
-            429,
+    # ------------------------------------------------------------------ rate limits
+
+    def admit(self, request: web.Request, api_key: str | None) -> web.Response | None:
+        """Weight per IP per minute (429 -1003, then 418 bans for clients that do not back off) and the
+        order counts per account (429 -1015); see egis.simulator.limits for the sources."""
+        settings, now, ip = self._core.settings, self._core.now_ms(), client_ip(request)
+        weight = self._weight(request.method, request.path, params_of(request))
+        verdict = self._core.binance_limits.admit(
+            ip, weight, now, settings.binance_weight_limit, settings.binance_ban_seconds, MAX_BINANCE_BAN_SECONDS
         )
+        if verdict.kind != "ok":
+            return self._limit_answer(ip, verdict)
+        if (request.method, request.path) == ("POST", ORDER_PATH) and api_key:
+            exceeded = self._core.binance_limits.count_order(
+                api_key, now, settings.binance_order_limit_10s, settings.binance_order_limit_1m
+            )
+            if exceeded is not None:
+                # -1015 TOO_MANY_ORDERS "Too many new orders; current limit is %s orders per %s." (error codes)
+                interval, limit = exceeded
+                length = MINUTE_MS if interval == "1 MINUTE" else 10_000
+                retry = length - now % length
+                response = self.error_response(
+                    -1015, f"Too many new orders; current limit is {limit} orders per {interval}.", 429
+                )
+                response.headers["Retry-After"] = str(max(1, -(-retry // 1000)))
+                return response
+        return None
+
+    def decorate(self, request: web.Request, response: web.StreamResponse, api_key: str | None) -> None:
+        """``X-MBX-USED-WEIGHT-1M`` on every answer, the order counts on order answers (General Info > LIMITS)."""
+        now = self._core.now_ms()
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(self._core.binance_limits.used_weight(client_ip(request), now))
+        if request.path == ORDER_PATH and api_key:
+            count_10s, count_1m = self._core.binance_limits.order_counts(api_key, now)
+            response.headers["X-MBX-ORDER-COUNT-10S"] = str(count_10s)
+            response.headers["X-MBX-ORDER-COUNT-1M"] = str(count_1m)
+
+    def rate_limit_response(self, request: web.Request) -> web.Response:
+        """Binance's answer over the request-weight limit: HTTP 429 with code -1003 (no back-off is recorded)."""
+        now = self._core.now_ms()
+        verdict = Verdict("rate_limited", max(1, (MINUTE_MS - now % MINUTE_MS) // 1000))
+        return self._limit_answer(client_ip(request), verdict)
+
+    def ban_response(self, request: web.Request, seconds: float) -> web.Response:
+        """A 429 after which the client must back off ``seconds``: calling again sooner gets the IP banned (418)."""
+        ip = client_ip(request)
+        return self._limit_answer(ip, self._core.binance_limits.force_backoff(ip, self._core.now_ms(), seconds))
+
+    def _limit_answer(self, ip: str, verdict: Verdict) -> web.Response:
+        if verdict.kind == "banned":
+            # HTTP 418 with -1003 "Way too many requests; IP banned until <ms>. Please use the websocket for
+            # live updates to avoid bans." (real answers quoted in ccxt/binance-api-node#106).
+            response = self.error_response(
+                -1003,
+                f"Way too many requests; IP({ip}) banned until {verdict.until_ms}. "
+                "Please use the websocket for live updates to avoid bans.",
+                418,
+            )
+        else:
+            # HTTP 429 with -1003 TOO_MANY_REQUESTS (error codes: "Too many requests; current limit is %s
+            # requests per minute. Please use the websocket for live updates to avoid polling the API.").
+            limit = self._core.settings.binance_weight_limit
+            response = self.error_response(
+                -1003,
+                f"Too many requests; current limit of IP({ip}) is {limit} requests per minute. "
+                "Please use the websocket for live updates to avoid polling the API.",
+                429,
+            )
+        response.headers["Retry-After"] = str(verdict.retry_after)
+        return response
+
+    def _weight(self, method: str, path: str, params: Params) -> int:
+        weight = _WEIGHTS.get((method, path), 1)
+        if isinstance(weight, tuple):
+            return weight[0] if optional(params, "symbol") else weight[1]
+        return weight
 
     # ------------------------------------------------------------------ plumbing
 
     def _public_endpoints(self) -> dict[tuple[str, str], PublicHandler]:
         return {
             ("GET", "/fapi/v1/exchangeInfo"): self._exchange_info,
-            ("GET", "/fapi/v1/time"): lambda _: {"serverTime": now_ms()},
+            ("GET", "/fapi/v1/time"): lambda _: {"serverTime": self._core.now_ms()},
             ("GET", "/fapi/v1/ticker/24hr"): lambda p: self._per_symbol(p, self._ticker_24hr),
             ("GET", "/fapi/v1/ticker/price"): lambda p: self._per_symbol(p, self._ticker_price),
             ("GET", "/fapi/v2/ticker/price"): lambda p: self._per_symbol(p, self._ticker_price),
@@ -114,21 +251,63 @@ class BinanceFrontEnd(FrontEnd):
             ("GET", "/fapi/v1/leverageBracket"): lambda _, __: [],
             ("GET", "/fapi/v2/positionRisk"): lambda p, a: self._position_risk(p, a, version=2),
             ("GET", "/fapi/v3/positionRisk"): lambda p, a: self._position_risk(p, a, version=3),
-            ("POST", "/fapi/v1/order"): self._new_order,
-            ("GET", "/fapi/v1/order"): self._query_order,
-            ("DELETE", "/fapi/v1/order"): self._cancel_order,
+            ("POST", ORDER_PATH): self._new_order,
+            ("GET", ORDER_PATH): self._query_order,
+            ("DELETE", ORDER_PATH): self._cancel_order,
             ("GET", "/fapi/v1/openOrders"): self._open_orders,
             ("GET", "/fapi/v1/allOrders"): self._all_orders,
             ("GET", "/fapi/v1/userTrades"): self._user_trades,
+            ("GET", "/fapi/v1/forceOrders"): self._force_orders,
             ("POST", "/fapi/v1/leverage"): self._set_leverage,
+            ("GET", "/fapi/v1/positionSide/dual"): lambda _, a: {"dualSidePosition": a.hedge_default},
+            ("POST", "/fapi/v1/positionSide/dual"): self._set_position_mode,
             ("POST", "/fapi/v1/listenKey"): lambda _, a: {"listenKey": _listen_key(a.api_key)},
         }
+
+    def _key_only_endpoints(self) -> frozenset[tuple[str, str]]:
+        # Start User Data Stream is USER_STREAM: API key, no signature (General Info > Endpoint Security Type).
+        return frozenset({("POST", "/fapi/v1/listenKey")})
 
     def _success_response(self, payload: Payload) -> web.Response:
         return web.json_response(payload)
 
-    def _missing_key_error(self) -> ApiError:
-        return ApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+    def _authenticate(self, request: web.Request, api_key: str | None, *, signed: bool) -> Account:
+        if not api_key:
+            raise ApiError(-2014, "API-key format invalid.", 401)
+        secret = self._secret(api_key)
+        if secret is None:  # -2015 REJECTED_MBX_KEY (error codes), HTTP 401
+            raise ApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        if signed and self._core.settings.check_signatures:
+            self._check_signed(request, secret)
+        return self._core.account(api_key)
+
+    def _check_signed(self, request: web.Request, secret: str) -> None:
+        """Timing and signature of a SIGNED request (General Info > Timing Security, SIGNED Endpoint Security):
+        ``if (timestamp < serverTime + 1000 && serverTime - timestamp <= recvWindow)`` process, else -1021;
+        signature = HMAC-SHA256(secret, totalParams) where totalParams is the query string concatenated with
+        the request body; the signature is not case sensitive; else -1022."""
+        params = params_of(request)
+        try:
+            timestamp = optional_int(params, "timestamp")
+            recv_window = optional_int(params, "recvWindow") or DEFAULT_RECV_WINDOW
+        except BadParameter as exc:
+            raise ApiError(-1102, str(exc)) from None
+        if timestamp is None:
+            raise ApiError(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
+        if not 0 < recv_window <= MAX_RECV_WINDOW:
+            raise ApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.")
+        now = self._core.now_ms()
+        if timestamp >= now + 1000:
+            raise ApiError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
+        if now - timestamp > recv_window:
+            raise ApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
+        signature = optional(params, "signature")
+        if signature is None:
+            raise ApiError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        raw_query, raw_body = raw_of(request)
+        expected = hmac_sha256_hex(secret, _without_signature(raw_query) + _without_signature(raw_body))
+        if not hmac.compare_digest(signature.lower(), expected):
+            raise ApiError(-1022, "Signature for this request is not valid.")
 
     def _invalid_request_error(self, exc: BadParameter | UnknownSymbol) -> ApiError:
         if isinstance(exc, UnknownSymbol):
@@ -147,7 +326,7 @@ class BinanceFrontEnd(FrontEnd):
     def _exchange_info(self, _: Params) -> Payload:
         return {
             "timezone": "UTC",
-            "serverTime": now_ms(),
+            "serverTime": self._core.now_ms(),
             "futuresType": "U_MARGINED",
             "rateLimits": _RATE_LIMITS,
             "exchangeFilters": [],
@@ -157,7 +336,7 @@ class BinanceFrontEnd(FrontEnd):
 
     def _ticker_24hr(self, market: MarketSpec) -> dict[str, Any]:
         price = fmt(self._core.mark_prices[market.symbol])
-        now = now_ms()
+        now = self._core.now_ms()
         return {
             "symbol": market.symbol,
             "priceChange": "0",
@@ -181,12 +360,12 @@ class BinanceFrontEnd(FrontEnd):
         return {
             "symbol": market.symbol,
             "price": fmt(self._core.mark_prices[market.symbol]),
-            "time": now_ms(),
+            "time": self._core.now_ms(),
         }
 
     def _premium_index(self, market: MarketSpec) -> dict[str, Any]:
         price = fmt(self._core.mark_prices[market.symbol])
-        now = now_ms()
+        now = self._core.now_ms()
         return {
             "symbol": market.symbol,
             "markPrice": price,
@@ -218,7 +397,7 @@ class BinanceFrontEnd(FrontEnd):
             "availableBalance": available,
             "maxWithdrawAmount": available,
             "marginAvailable": True,
-            "updateTime": now_ms(),
+            "updateTime": self._core.now_ms(),
         }
         positions = self._account_positions(account, version)
         return {
@@ -242,9 +421,10 @@ class BinanceFrontEnd(FrontEnd):
         }
 
     def _account_positions(self, account: Account, version: int) -> list[Position]:
-        """Version 2 lists every symbol (flat ones too), version 3 only open positions."""
+        """Version 2 lists every symbol (flat ones too: one BOTH row, or LONG and SHORT rows in hedge mode,
+        Position-Information-V2 examples); version 3 only open positions (Position-Information-V3)."""
         if version == 2:
-            return [account.position(symbol) for symbol in self._core.markets]
+            return [p for symbol in self._core.markets for p in account.symbol_positions(symbol)]
         return account.open_positions()
 
     def _position_risk(self, params: Params, account: Account, *, version: int) -> Payload:
@@ -260,7 +440,7 @@ class BinanceFrontEnd(FrontEnd):
         notional = position.notional(mark)
         row: dict[str, Any] = {
             "symbol": position.symbol,
-            "positionSide": "BOTH",
+            "positionSide": position.side.value,
             "positionAmt": fmt(position.quantity),
             "entryPrice": fmt(position.entry_price),
             "breakEvenPrice": fmt(position.entry_price),
@@ -301,39 +481,107 @@ class BinanceFrontEnd(FrontEnd):
         self._core.set_leverage(account.api_key, symbol, Decimal(leverage))
         return {"leverage": leverage, "maxNotionalValue": _MAX_NOTIONAL, "symbol": symbol}
 
+    def _set_position_mode(self, params: Params, account: Account) -> Payload:
+        """Change Position Mode: hedge or one-way "on EVERY symbol"; -4059 when nothing changes, -4068 with a
+        position open (.../trade/rest-api/Change-Position-Mode; error codes -4059, -4068)."""
+        hedge = parse_bool(required(params, "dualSidePosition"))
+        if account.hedge_default == hedge and all(account.is_hedge(s) == hedge for s in self._core.markets):
+            raise ApiError(-4059, "No need to change position side.")
+        if account.open_positions():
+            raise ApiError(-4068, "Position side cannot be changed if there exists position.")
+        self._core.set_position_mode(account.api_key, hedge)
+        return {"code": 200, "msg": "success"}
+
     # ------------------------------------------------------------------ orders and trades
 
     def _new_order(self, params: Params, account: Account) -> Payload:
+        symbol = str(params.get("symbol", ""))
+        raw_side = optional(params, "positionSide")
         request = OrderRequest(
             api_key=account.api_key,
             venue=VENUE,
-            symbol=str(params.get("symbol", "")),
+            symbol=symbol,
             side=str(params.get("side", "")).upper(),
             order_type=str(params.get("type", "")).upper(),
             quantity=str(params.get("quantity", "")),
             reduce_only=parse_bool(params.get("reduceOnly")),
             client_order_id=optional(params, "newClientOrderId") or f"sim-{secrets.token_hex(8)}",
+            position_side=_position_side_param(raw_side),
         )
+        settings = self._core.settings
+        rules = VenueRules(
+            # MIN_NOTIONAL: "unless you choose reduce only" (-4164); closing hedge orders (LONG+SELL,
+            # SHORT+BUY) reduce exposure the same way (General Info, -1008 exemption list).
+            min_notional=lambda market: market.binance_min_notional,
+            closing_exempt_from_min_notional=True,
+            # The simulator has always let reduce-only orders below minQty close a remainder; whether Binance
+            # does could not be confirmed (the docs exempt reduce-only from MIN_NOTIONAL only).
+            closing_exempt_from_min_qty=True,
+            # newClientOrderId: "A unique id among open orders" (New Order docs). Market orders fill at once,
+            # so reusing the id of a filled order is accepted as a NEW order; the setting restores refusal.
+            client_id_unique_forever=settings.binance_reject_reused_client_id,
+        )
+        problem = self._protocol_problem(params, account, symbol, raw_side)
         try:
-            order = self._core.place_order(request, reject_code)
+            if problem is not None:
+                reason, code, msg = problem
+                self._core.reject_order(request, reason, msg, lambda _: code)
+            order = self._core.place_order(request, reject_code, rules)
         except OrderRejected as exc:
+            if problem is not None:
+                raise ApiError(problem[1], problem[2]) from exc
             code, msg = _REJECTIONS[exc.reason]
-            raise ApiError(code, exc.detail if exc.reason is RejectReason.BAD_PARAMETER else msg) from exc
-        return _order_json(order)
+            if exc.reason is RejectReason.BAD_PARAMETER:
+                msg = exc.detail
+            elif exc.reason is RejectReason.NOTIONAL_TOO_SMALL:
+                msg = msg.format(fmt(self._core.market(symbol).binance_min_notional))
+            raise ApiError(code, msg) from exc
+        # newOrderRespType "ACK", "RESULT", default "ACK"; with RESULT "MARKET order: the final FILLED
+        # result of the order will be return directly" (New Order docs). ccxt 4.5.90 always sends RESULT
+        # for swaps (binance.py create_order_request: request['newOrderRespType'] = 'RESULT'), so the
+        # answer is FILLED unless the client asks for ACK or the binance_market_new_answer setting (an
+        # older observed NEW/executedQty 0 answer) is on; the fill shows on the next query either way.
+        response_type = (optional(params, "newOrderRespType") or "ACK").upper()
+        acknowledged_only = response_type == "ACK" or settings.binance_market_new_answer
+        return _order_json(order, acknowledged_only=acknowledged_only)
+
+    def _protocol_problem(
+        self, params: Params, account: Account, symbol: str, raw_side: str | None
+    ) -> tuple[RejectReason, int, str] | None:
+        """A request the venue refuses before matching: an unknown positionSide value, or reduceOnly in
+        hedge mode (reduceOnly "Cannot be sent in Hedge Mode", New Order docs; -1106 PARAM_NOT_REQUIRED)."""
+        if raw_side is not None and _position_side_param(raw_side) is None:
+            return RejectReason.POSITION_SIDE_MISMATCH, *_REJECTIONS[RejectReason.POSITION_SIDE_MISMATCH]
+        if account.is_hedge(symbol) and "reduceOnly" in params:
+            return RejectReason.BAD_PARAMETER, -1106, "Parameter 'reduceOnly' sent when not required."
+        return None
+
+    def _visible(self, order: Order) -> bool:
+        """Whether Query Order / All Orders still find the order (see ORDER_HORIZON_MS)."""
+        age = self._core.now_ms() - order.created_ms
+        unfilled_done = order.status in (OrderStatus.CANCELED, OrderStatus.EXPIRED) and not order.executed_qty
+        return age <= ORDER_HORIZON_MS and not (unfilled_done and age > UNFILLED_ORDER_HORIZON_MS)
 
     def _lookup_order(self, params: Params, account: Account) -> Order | None:
-        """The order named by ``symbol`` and ``orderId`` or ``origClientOrderId`` (the latter wins)."""
+        """The order named by ``symbol`` and ``orderId`` or ``origClientOrderId`` (the latter wins).
+
+        A client id reused after its order closed names several orders: the most recent is answered
+        (the venue's choice is undocumented; the most recent is the only one that can still be open).
+        """
         symbol = self._core.market(required(params, "symbol")).symbol
         client_order_id = optional(params, "origClientOrderId")
         order_id = optional_int(params, "orderId")
         if client_order_id is not None:
-            return next(
-                (o for o in account.orders.values() if o.symbol == symbol and _client_id(o) == client_order_id),
-                None,
-            )
+            matches = [
+                o
+                for o in account.orders.values()
+                if o.symbol == symbol and _client_id(o) == client_order_id and self._visible(o)
+            ]
+            return max(matches, key=lambda o: o.id, default=None)
         if order_id is None:
             raise BadParameter("Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
-        return account.order_by_id(symbol, order_id)
+        order = account.order_by_id(symbol, order_id)
+        return order if order is not None and self._visible(order) else None
 
     def _query_order(self, params: Params, account: Account) -> Payload:
         order = self._lookup_order(params, account)
@@ -353,29 +601,94 @@ class BinanceFrontEnd(FrontEnd):
             self._core.market(symbol)
         return []
 
+    def _window(self, params: Params) -> tuple[int, int]:
+        """The searched window of a 7-day-limited history query.
+
+        Account Trade List: "If startTime and endTime are both not sent, then the last 7 days' data will be
+        returned. The time between startTime and endTime cannot be longer than 7 days." Over 7 days the
+        venue answers -4165 "Maximum time interval is 7 days." and a startTime alone is clamped to
+        [startTime, startTime + 7 days] (both measured live and quoted in public code, e.g. a ccxt-based
+        history sync: "APIError(code=-4165): Maximum time interval is 7 days."); ccxt itself adds
+        endTime = since + 7 days when since is over a week old (ccxt binance.py fetch_my_trades).
+        All Orders: "The query time period must be less then 7 days (default as the recent 7 days)".
+        """
+        start, end = optional_int(params, "startTime"), optional_int(params, "endTime")
+        try:
+            return lookup_window(start, end, self._core.now_ms())
+        except WindowError as exc:
+            if exc.kind == "inverted":  # -1023 START_TIME_GREATER_THAN_END_TIME (error codes)
+                raise ApiError(-1023, "Start time is greater than end time.") from None
+            raise ApiError(-4165, "Maximum time interval is 7 days.") from None
+
     def _all_orders(self, params: Params, account: Account) -> Payload:
         symbol = self._core.market(required(params, "symbol")).symbol
         from_id = optional_int(params, "orderId")
-        start, end = optional_int(params, "startTime"), optional_int(params, "endTime")
+        timed = optional(params, "startTime") is not None or optional(params, "endTime") is not None
+        start, end = (None, None) if from_id is not None and not timed else self._window(params)
         orders = [
             o
             for o in sorted(account.orders.values(), key=lambda o: o.id)
-            if o.symbol == symbol and (from_id is None or o.id >= from_id) and in_window(o.created_ms, start, end)
+            if o.symbol == symbol
+            and self._visible(o)
+            and (from_id is None or o.id >= from_id)
+            and in_window(o.created_ms, start, end)
         ]
-        page = _page(orders, limit_param(params, 500, 1000), oldest_first=from_id is not None or start is not None)
+        page = _page(orders, limit_param(params, 500, 1000), oldest_first=from_id is not None or timed)
         return [_order_json(o) for o in page]
 
     def _user_trades(self, params: Params, account: Account) -> Payload:
         symbol = self._core.market(required(params, "symbol")).symbol
         from_id = optional_int(params, "fromId")
-        start, end = optional_int(params, "startTime"), optional_int(params, "endTime")
+        order_id = optional_int(params, "orderId")
+        timed = optional(params, "startTime") is not None or optional(params, "endTime") is not None
+        if from_id is not None and timed:
+            # "The parameter fromId cannot be sent with startTime or endTime" (Account Trade List);
+            # -1128 OPTIONAL_PARAMS_BAD_COMBO (error codes).
+            raise ApiError(-1128, "Combination of optional parameters invalid.")
+        start, end = (None, None) if from_id is not None else self._window(params)
+        horizon = self._core.now_ms() - TRADE_HORIZON_MS
         trades = [
             t
             for t in account.trades
-            if t.symbol == symbol and (from_id is None or t.id >= from_id) and in_window(t.time_ms, start, end)
+            if t.symbol == symbol
+            and t.time_ms >= horizon
+            and (from_id is None or t.id >= from_id)
+            and order_id in (None, t.order_id)
+            and in_window(t.time_ms, start, end)
         ]
-        page = _page(trades, limit_param(params, 500, 1000), oldest_first=from_id is not None or start is not None)
+        page = _page(trades, limit_param(params, 500, 1000), oldest_first=from_id is not None or timed)
         return [_trade_json(t) for t in page]
+
+    def _force_orders(self, params: Params, account: Account) -> Payload:
+        """User's Force Orders: liquidation ("autoclose-...") and ADL ("adl_autoclose") orders; "If startTime
+        is not sent, data within 7 days before endTime can be queried" (.../trade/rest-api/Users-Force-Orders)."""
+        symbol = optional(params, "symbol")
+        if symbol is not None:
+            self._core.market(symbol)
+        kinds = {"LIQUIDATION": {OrderSource.LIQUIDATION}, "ADL": {OrderSource.ADL}}
+        wanted = kinds.get(optional(params, "autoCloseType") or "", {OrderSource.LIQUIDATION, OrderSource.ADL})
+        start, end = self._window(params)
+        orders = [
+            o
+            for o in sorted(account.orders.values(), key=lambda o: o.id)
+            if o.source in wanted and symbol in (None, o.symbol) and in_window(o.created_ms, start, end)
+        ]
+        return [_order_json(o) for o in orders[-limit_param(params, 50, 100) :]]
+
+
+def _position_side_param(raw: str | None) -> PositionSide | None:
+    """``positionSide`` BOTH, LONG or SHORT; None if absent or not one of them."""
+    if raw is None:
+        return None
+    try:
+        return PositionSide(raw.upper())
+    except ValueError:
+        return None
+
+
+def _without_signature(raw: str) -> str:
+    """A raw query string or body without its ``signature`` parameter (signatures are computed without it)."""
+    return "&".join(part for part in raw.split("&") if part and not part.startswith("signature="))
 
 
 def _page(items: Sequence[_Item], limit: int, *, oldest_first: bool) -> list[_Item]:
@@ -414,7 +727,7 @@ def _symbol_info(market: MarketSpec) -> dict[str, Any]:
             {"filterType": "LOT_SIZE", **lot},
             {"filterType": "MARKET_LOT_SIZE", **lot},
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-            {"filterType": "MIN_NOTIONAL", "notional": fmt(market.min_notional)},
+            {"filterType": "MIN_NOTIONAL", "notional": fmt(market.binance_min_notional)},
             {
                 "filterType": "PERCENT_PRICE",
                 "multiplierUp": "1.0500",
@@ -428,37 +741,52 @@ def _symbol_info(market: MarketSpec) -> dict[str, Any]:
 
 
 def _client_id(order: Order) -> str:
-    """The order's client id; exchange-side orders get a Binance-UI-style ``web_`` id."""
-    return order.client_order_id or f"web_{order.id}"
+    """The order's client id. Orders the exchange placed itself: liquidations ``autoclose-<digits>`` and ADL
+    ``adl_autoclose`` (User's Force Orders response example, .../trade/rest-api/Users-Force-Orders), other
+    exchange-side closes (UI close, stop) a Binance-UI-style ``web_`` id."""
+    if order.client_order_id:
+        return order.client_order_id
+    if order.source is OrderSource.LIQUIDATION:
+        return f"autoclose-{order.created_ms}{order.id % 1_000_000:06d}"
+    if order.source is OrderSource.ADL:
+        return "adl_autoclose"
+    return f"web_{order.id}"
 
 
-def _order_json(order: Order) -> dict[str, Any]:
+_AUTO_CLOSE = {OrderSource.LIQUIDATION: ("LIMIT", "IOC"), OrderSource.ADL: ("LIMIT", "GTC")}
+
+
+def _order_json(order: Order, *, acknowledged_only: bool = False) -> dict[str, Any]:
+    """An order as Binance answers it; ``acknowledged_only``: as just accepted (NEW, nothing executed yet)."""
+    order_type, time_in_force = _AUTO_CLOSE.get(order.source, ("MARKET", "GTC"))
+    executed = Decimal(0) if acknowledged_only else order.executed_qty
+    status = "NEW" if acknowledged_only else order.status.value
     return {
         "orderId": order.id,
         "symbol": order.symbol,
-        "status": order.status.value,
+        "status": status,
         "clientOrderId": _client_id(order),
-        "price": "0",
-        "avgPrice": fmt(order.avg_price),
+        "price": fmt(order.avg_price) if order.source in _AUTO_CLOSE else "0",
+        "avgPrice": "0.00" if acknowledged_only else fmt(order.avg_price),
         "origQty": fmt(order.quantity),
-        "executedQty": fmt(order.executed_qty),
-        "cumQty": fmt(order.executed_qty),
-        "cumQuote": fmt(order.cum_quote),
-        "timeInForce": "GTC",
-        "type": "MARKET",
-        "reduceOnly": order.reduce_only,
+        "executedQty": fmt(executed),
+        "cumQty": fmt(executed),
+        "cumQuote": fmt(executed * order.avg_price),
+        "timeInForce": time_in_force,
+        "type": order_type,
+        "reduceOnly": order.reduce_only and order.source not in _AUTO_CLOSE,
         "closePosition": False,
         "side": order.side.value,
-        "positionSide": "BOTH",
+        "positionSide": order.position_side.value,
         "stopPrice": "0",
         "workingType": "CONTRACT_PRICE",
         "priceProtect": False,
-        "origType": "MARKET",
+        "origType": order_type,
         "priceMatch": "NONE",
         "selfTradePreventionMode": "EXPIRE_MAKER",
         "goodTillDate": 0,
         "time": order.created_ms,
-        "updateTime": order.updated_ms,
+        "updateTime": order.created_ms if acknowledged_only else order.updated_ms,
     }
 
 
@@ -476,7 +804,7 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
         "commission": fmt(trade.fee),
         "commissionAsset": "USDT",
         "time": trade.time_ms,
-        "positionSide": "BOTH",
+        "positionSide": trade.position_side.value,
         "buyer": trade.side is Side.BUY,
         "maker": False,
     }

@@ -12,6 +12,7 @@ Answers are plain dicts and lists; money and quantity fields are parsed back int
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -81,42 +82,125 @@ class SimulatorControl:
         """Overwrite the USDT wallet balance of the account of ``api_key`` (created if new)."""
         return await self._call("POST", "balance", {"api_key": api_key, "balance": str(balance)})
 
-    async def settings(
-        self,
-        *,
-        bybit_reduce_only_code: int | None = None,
-        fee_rate: Decimal | str | None = None,
-        starting_balance: Decimal | str | None = None,
-    ) -> dict[str, Any]:
-        """Change the given settings and return them all (no argument: just read them)."""
-        body = {
-            "bybit_reduce_only_code": bybit_reduce_only_code,
-            "fee_rate": None if fee_rate is None else str(fee_rate),
-            "starting_balance": None if starting_balance is None else str(starting_balance),
-        }
-        return await self._call("POST", "settings", {k: v for k, v in body.items() if v is not None})
+    async def settings(self, **changes: Any) -> dict[str, Any]:
+        """Change the given settings and return them all (no argument: just read them).
+
+        Settings (defaults: what the real venues do; see ``egis.simulator.core.Settings``):
+        ``bybit_reduce_only_code`` (110017 | 170131), ``bybit_reduce_only_min_notional_exempt`` (True),
+        ``bybit_reduce_only_min_qty_exempt`` (False),
+        ``binance_reject_reused_client_id`` (False), ``binance_market_new_answer`` (False),
+        ``bybit_realtime_closed_cap`` (500), ``bybit_history_delay_ms`` (500), ``check_signatures`` (True),
+        ``clock_offset_ms`` (0), ``binance_weight_limit`` (2400), ``binance_order_limit_10s`` (300),
+        ``binance_order_limit_1m`` (1200), ``binance_ban_seconds`` (120), ``bybit_ip_limit`` (600 per 5 s),
+        ``bybit_ip_ban_seconds`` (600), ``bybit_endpoint_limit`` (0: each endpoint's documented limit),
+        ``fee_rate`` (0), ``starting_balance`` (10000).
+        """
+        body = {k: str(v) if isinstance(v, Decimal) else v for k, v in changes.items() if v is not None}
+        return await self._call("POST", "settings", body)
 
     async def reset(self) -> None:
-        """Back to a fresh simulator: default prices and settings, no accounts, logs or faults."""
+        """Back to a fresh simulator: default prices and settings, no accounts, logs, faults or bans.
+
+        Registered API keys stay registered."""
         await self._call("POST", "reset", {})
+
+    async def add_api_keys(self, keys: Mapping[str, str]) -> list[str]:
+        """Accept these API keys (key -> secret) on the private endpoints; returns the keys registered.
+
+        Unknown keys are refused like the venues do (Binance -2015, Bybit 10003), and every signed request
+        is checked against its key's secret."""
+        answer = await self._call("POST", "api_keys", {"keys": dict(keys)})
+        return list(answer["registered"])
+
+    async def remove_api_key(self, api_key: str) -> bool:
+        """Refuse ``api_key`` from now on; whether it was registered."""
+        return bool((await self._call("DELETE", "api_keys", {"api_key": api_key}))["removed"])
+
+    async def api_keys(self) -> list[str]:
+        """The registered API keys (never their secrets)."""
+        return list(await self._call("GET", "api_keys"))
+
+    async def set_position_mode(self, api_key: str, hedge: bool, symbol: str | None = None) -> list[str]:
+        """Hedge mode on or off for ``symbol``, or the whole account (symbols with a position keep their mode);
+        returns the symbols switched. Same effect as the venues' own endpoints (Binance
+        ``POST /fapi/v1/positionSide/dual``, Bybit ``POST /v5/position/switch-mode``)."""
+        body: dict[str, Any] = {"api_key": api_key, "hedge": hedge}
+        if symbol is not None:
+            body["symbol"] = symbol
+        return list((await self._call("POST", "position_mode", body))["switched"])
 
     # ------------------------------------------------------------------ exchange-side actions
 
-    async def close_position(self, api_key: str, symbol: str, price: Decimal | str | None = None) -> dict[str, Any]:
-        """Close the whole position on the exchange side; returns ``{"order": ..., "trade": ...}``."""
-        body = {"api_key": api_key, "symbol": symbol}
-        if price is not None:
-            body["price"] = str(price)
-        return await self._call("POST", "close_position", body)
+    async def close_position(
+        self, api_key: str, symbol: str, price: Decimal | str | None = None, *, position_side: str | None = None
+    ) -> dict[str, Any]:
+        """Close the whole position on the exchange side (stop, manual close in the UI: an ordinary trade);
+        returns ``{"order": ..., "trade": ...}``. ``position_side`` (LONG/SHORT) only when both hedge-mode
+        sides are open."""
+        return await self._exchange_action("close_position", api_key, symbol, price, None, position_side)
 
     async def reduce_position(
-        self, api_key: str, symbol: str, quantity: Decimal | str, price: Decimal | str | None = None
+        self,
+        api_key: str,
+        symbol: str,
+        quantity: Decimal | str,
+        price: Decimal | str | None = None,
+        *,
+        position_side: str | None = None,
     ) -> dict[str, Any]:
         """Reduce the position by ``quantity`` on the exchange side; returns ``{"order", "trade"}``."""
-        body = {"api_key": api_key, "symbol": symbol, "quantity": str(quantity)}
-        if price is not None:
-            body["price"] = str(price)
-        return await self._call("POST", "reduce_position", body)
+        return await self._exchange_action("reduce_position", api_key, symbol, price, quantity, position_side)
+
+    async def liquidate(
+        self, api_key: str, symbol: str, price: Decimal | str | None = None, *, position_side: str | None = None
+    ) -> dict[str, Any]:
+        """The liquidation engine closes the whole position (Bybit ``BustTrade``, Binance ``autoclose-`` order)."""
+        return await self._exchange_action("liquidate", api_key, symbol, price, None, position_side)
+
+    async def auto_deleverage(
+        self,
+        api_key: str,
+        symbol: str,
+        quantity: Decimal | str | None = None,
+        price: Decimal | str | None = None,
+        *,
+        position_side: str | None = None,
+    ) -> dict[str, Any]:
+        """Auto-deleveraging closes ``quantity`` (default all) of the position (Bybit ``AdlTrade``, Binance
+        ``adl_autoclose`` order)."""
+        return await self._exchange_action("adl", api_key, symbol, price, quantity, position_side)
+
+    async def _exchange_action(
+        self,
+        name: str,
+        api_key: str,
+        symbol: str,
+        price: Decimal | str | None,
+        quantity: Decimal | str | None,
+        position_side: str | None,
+    ) -> dict[str, Any]:
+        body = {
+            "api_key": api_key,
+            "symbol": symbol,
+            "price": None if price is None else str(price),
+            "quantity": None if quantity is None else str(quantity),
+            "position_side": position_side,
+        }
+        return await self._call("POST", name, {k: v for k, v in body.items() if v is not None})
+
+    # ------------------------------------------------------------------ time travel
+
+    async def age_account(self, api_key: str, seconds: int) -> dict[str, int]:
+        """Move the account's orders, trades and positions ``seconds`` into the past (look-up windows and
+        horizons then see them as that old); returns how many of each were shifted. Together with the
+        ``clock_offset_ms`` setting this is the simulator's time travel."""
+        return dict(await self._call("POST", "age", {"api_key": api_key, "seconds": seconds}))
+
+    async def forget_realtime_orders(self, api_key: str | None = None) -> int:
+        """Empty Bybit's ``/v5/order/realtime`` cache of closed orders (one account, or all), as a Bybit restart
+        does; the orders stay in ``/v5/order/history``. Returns how many accounts were touched."""
+        body = {} if api_key is None else {"api_key": api_key}
+        return int((await self._call("POST", "forget_realtime", body))["accounts"])
 
     # ------------------------------------------------------------------ faults
 
@@ -133,7 +217,11 @@ class SimulatorControl:
         msg: str | None = None,
         seconds: float | None = None,
     ) -> dict[str, Any]:
-        """Inject ``kind`` into the next ``count`` requests to ``route`` ("METHOD /path")."""
+        """Inject ``kind`` into the next ``count`` requests to ``route`` ("METHOD /path").
+
+        Kinds: ``http`` (raw ``http_status``/``body``), ``error`` (native ``code``/``msg``), ``rate_limit``
+        (the venue's rate-limit answer), ``ban`` (Binance: 429 then, for calls within ``seconds``, a 418 IP
+        ban; Bybit: HTTP 403 and the IP refused for ``seconds``), ``timeout``, ``accept_then_timeout``."""
         fault = {
             "route": route,
             "kind": kind,
@@ -146,6 +234,14 @@ class SimulatorControl:
             "seconds": seconds,
         }
         return await self._call("POST", "fault", {k: v for k, v in fault.items() if v is not None})
+
+    async def bans(self) -> list[dict[str, Any]]:
+        """The IPs currently banned or backing off, per venue."""
+        return list(await self._call("GET", "bans"))
+
+    async def lift_bans(self) -> int:
+        """Forget every rate-limit count, back-off and ban of both venues; returns how many bans were lifted."""
+        return int((await self._call("DELETE", "bans"))["lifted"])
 
     async def faults(self) -> list[dict[str, Any]]:
         """The faults not used up yet."""

@@ -1,7 +1,9 @@
-"""Server side of the simulator's control API (``/_sim/...``): prices, exchange-side actions, faults, logs.
+"""Server side of the simulator's control API (``/_sim/...``): prices, API keys, settings, exchange-side
+actions (closes, liquidations, ADL), time travel, faults, bans, logs.
 
 JSON in, JSON out; Decimals travel as strings. Invalid input (unknown symbol, missing field, bad value)
-is answered with HTTP 400 and ``{"error": "<message>"}``.
+is answered with HTTP 400 and ``{"error": "<message>"}``. See ``egis.simulator.control.SimulatorControl``
+for the client and what each route does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from egis.simulator.core import Account, Position, SimulatorCore, SimulatorError
+from egis.simulator.core import (
+    SETTING_TYPES,
+    Account,
+    Fill,
+    Position,
+    PositionSide,
+    SimulatorCore,
+    SimulatorError,
+)
 from egis.simulator.faults import Fault, FaultBook, FaultKind, parse_route
 from egis.simulator.wire import FrontEnd, fmt
 
@@ -43,8 +53,18 @@ class _ControlApi:
     def routes(self) -> list[web.RouteDef]:
         handlers: dict[tuple[str, str], ControlHandler] = {
             ("POST", "price"): self._set_price,
+            ("POST", "api_keys"): self._add_api_keys,
+            ("GET", "api_keys"): lambda _, __: sorted(self._core.api_keys),
+            ("DELETE", "api_keys"): self._remove_api_key,
             ("POST", "close_position"): self._close_position,
             ("POST", "reduce_position"): self._reduce_position,
+            ("POST", "liquidate"): self._liquidate,
+            ("POST", "adl"): self._auto_deleverage,
+            ("POST", "age"): self._age,
+            ("POST", "forget_realtime"): self._forget_realtime,
+            ("POST", "position_mode"): self._position_mode,
+            ("GET", "bans"): lambda _, __: self._bans(),
+            ("DELETE", "bans"): self._lift_bans,
             ("POST", "fault"): self._add_fault,
             ("GET", "faults"): lambda _, __: [_fault_json(f) for f in self._faults.pending()],
             ("DELETE", "faults"): lambda _, __: {"cleared": self._faults.clear()},
@@ -54,6 +74,7 @@ class _ControlApi:
             ("GET", "trades"): self._trades,
             ("POST", "balance"): self._set_balance,
             ("POST", "settings"): self._update_settings,
+            ("GET", "settings"): lambda _, __: _jsonable(self._core.settings),
             ("POST", "reset"): self._reset,
         }
         return [web.route(m, CONTROL_PREFIX + name, _handler(h)) for (m, name), h in handlers.items()]
@@ -63,13 +84,28 @@ class _ControlApi:
         self._core.set_price(symbol, price)
         return {"symbol": symbol, "price": fmt(price)}
 
+    def _add_api_keys(self, body: Body, _: Mapping[str, str]) -> Any:
+        """``{"api_key": ..., "secret": ...}`` or ``{"keys": {api_key: secret, ...}}``."""
+        keys = body.get("keys")
+        if keys is None:
+            keys = {_required(body, "api_key", _as_str): _required(body, "secret", _as_str)}
+        if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+            raise ControlError("field 'keys' must map API keys to secrets")
+        for api_key, secret in keys.items():
+            self._core.register_api_key(api_key, secret)
+        return {"registered": sorted(keys)}
+
+    def _remove_api_key(self, body: Body, _: Mapping[str, str]) -> Any:
+        return {"removed": self._core.unregister_api_key(_required(body, "api_key", _as_str))}
+
     def _close_position(self, body: Body, _: Mapping[str, str]) -> Any:
         fill = self._core.close_position(
             _required(body, "api_key", _as_str),
             _required(body, "symbol", _as_str),
             _optional(body, "price", _as_decimal),
+            _optional(body, "position_side", _as_position_side),
         )
-        return _jsonable(fill)
+        return _fill_json(fill)
 
     def _reduce_position(self, body: Body, _: Mapping[str, str]) -> Any:
         fill = self._core.reduce_position(
@@ -77,8 +113,52 @@ class _ControlApi:
             _required(body, "symbol", _as_str),
             _required(body, "quantity", _as_decimal),
             _optional(body, "price", _as_decimal),
+            _optional(body, "position_side", _as_position_side),
         )
-        return _jsonable(fill)
+        return _fill_json(fill)
+
+    def _liquidate(self, body: Body, _: Mapping[str, str]) -> Any:
+        fill = self._core.liquidate(
+            _required(body, "api_key", _as_str),
+            _required(body, "symbol", _as_str),
+            _optional(body, "price", _as_decimal),
+            _optional(body, "position_side", _as_position_side),
+        )
+        return _fill_json(fill)
+
+    def _auto_deleverage(self, body: Body, _: Mapping[str, str]) -> Any:
+        fill = self._core.auto_deleverage(
+            _required(body, "api_key", _as_str),
+            _required(body, "symbol", _as_str),
+            _optional(body, "quantity", _as_decimal),
+            _optional(body, "price", _as_decimal),
+            _optional(body, "position_side", _as_position_side),
+        )
+        return _fill_json(fill)
+
+    def _age(self, body: Body, _: Mapping[str, str]) -> Any:
+        return self._core.age_account(_required(body, "api_key", _as_str), _required(body, "seconds", _as_int))
+
+    def _forget_realtime(self, body: Body, _: Mapping[str, str]) -> Any:
+        return {"accounts": self._core.forget_realtime_orders(_optional(body, "api_key", _as_str))}
+
+    def _position_mode(self, body: Body, _: Mapping[str, str]) -> Any:
+        api_key = _required(body, "api_key", _as_str)
+        switched = self._core.set_position_mode(
+            api_key, _required(body, "hedge", _as_bool), _optional(body, "symbol", _as_str)
+        )
+        return {"api_key": api_key, "switched": switched}
+
+    def _bans(self) -> Any:
+        now = self._core.now_ms()
+        return self._core.binance_limits.bans(now) + self._core.bybit_limits.bans(now)
+
+    def _lift_bans(self, _: Body, __: Mapping[str, str]) -> Any:
+        """Forget every rate-limit count, back-off and ban of both venues."""
+        lifted = len(self._bans())
+        self._core.binance_limits.reset()
+        self._core.bybit_limits.reset()
+        return {"lifted": lifted}
 
     def _add_fault(self, body: Body, _: Mapping[str, str]) -> Any:
         route = _required(body, "route", _as_str)
@@ -99,7 +179,7 @@ class _ControlApi:
             )
         except ValueError as exc:
             raise ControlError(str(exc)) from None
-        native = kind in (FaultKind.ERROR, FaultKind.RATE_LIMIT)
+        native = kind in (FaultKind.ERROR, FaultKind.RATE_LIMIT, FaultKind.BAN)
         if native and not path.startswith(self._prefixes):
             raise ControlError(f"a {kind.value!r} fault needs an exchange path ({', '.join(self._prefixes)}...)")
         self._faults.add(fault)
@@ -148,11 +228,14 @@ class _ControlApi:
         return {"api_key": api_key, "balance": fmt(balance)}
 
     def _update_settings(self, body: Body, _: Mapping[str, str]) -> Any:
-        settings = self._core.update_settings(
-            bybit_reduce_only_code=_optional(body, "bybit_reduce_only_code", _as_int),
-            fee_rate=_optional(body, "fee_rate", _as_decimal),
-            starting_balance=_optional(body, "starting_balance", _as_decimal),
-        )
+        """Any of the ``Settings`` fields; ints, booleans and (as strings or numbers) decimals."""
+        parsers: dict[type, Callable[[Any], Any]] = {int: _as_int, bool: _as_bool, Decimal: _as_decimal}
+        changes = {}
+        for name in body:
+            if name not in SETTING_TYPES:
+                raise ControlError(f"unknown setting {name!r}")
+            changes[name] = _optional(body, name, parsers[SETTING_TYPES[name]])
+        settings = self._core.update_settings(**{k: v for k, v in changes.items() if v is not None})
         return _jsonable(settings)
 
     def _reset(self, _: Body, __: Mapping[str, str]) -> Any:
@@ -224,6 +307,18 @@ def _as_int(value: Any) -> int:
     return value
 
 
+def _as_position_side(value: Any) -> PositionSide:
+    if not isinstance(value, str):
+        raise TypeError("expected BOTH, LONG or SHORT")
+    return PositionSide(value.upper())
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("expected true or false")
+    return value
+
+
 def _as_seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError("expected a number of seconds")
@@ -237,6 +332,10 @@ def _as_decimal(value: Any) -> Decimal:
     if not number.is_finite():
         raise ValueError("expected a finite number")
     return number
+
+
+def _fill_json(fill: Fill) -> Any:
+    return _jsonable(fill)
 
 
 def _fault_json(fault: Fault) -> Any:

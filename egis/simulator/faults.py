@@ -15,6 +15,10 @@ class FaultKind(StrEnum):
     HTTP: answer ``http_status`` with the raw text ``body``, without processing the request.
     ERROR: answer an exchange-native JSON error ``code``/``msg``, without processing the request.
     RATE_LIMIT: answer the exchange's rate-limit error, without processing the request.
+    BAN: put the caller's IP in the venue's penalty box for ``seconds``, without processing the request.
+      Binance: answer 429 (-1003, ``Retry-After: seconds``); a request during those seconds gets the IP
+      banned with HTTP 418, like a client that does not back off. Bybit: answer HTTP 403 "access too
+      frequent" and refuse the IP the same way for ``seconds`` (its IP limit).
     TIMEOUT: wait ``seconds`` without processing the request, then answer 504 (the client has given up).
     ACCEPT_THEN_TIMEOUT: process the request normally, then wait ``seconds`` before answering.
     """
@@ -22,6 +26,7 @@ class FaultKind(StrEnum):
     HTTP = "http"
     ERROR = "error"
     RATE_LIMIT = "rate_limit"
+    BAN = "ban"
     TIMEOUT = "timeout"
     ACCEPT_THEN_TIMEOUT = "accept_then_timeout"
 

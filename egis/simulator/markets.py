@@ -8,7 +8,12 @@ from decimal import Decimal
 
 @dataclass(frozen=True, slots=True)
 class MarketSpec:
-    """One USDT-margined linear perpetual, described the way both exchanges publish it."""
+    """One USDT-margined linear perpetual, described the way both exchanges publish it.
+
+    The minimum order value differs per venue, so each front end publishes (and enforces) its own:
+    ``binance_min_notional`` in the MIN_NOTIONAL filter of ``/fapi/v1/exchangeInfo``,
+    ``bybit_min_notional`` as ``lotSizeFilter.minNotionalValue`` of ``/v5/market/instruments-info``.
+    """
 
     symbol: str
     base: str
@@ -16,7 +21,8 @@ class MarketSpec:
     qty_step: Decimal
     min_qty: Decimal
     max_qty: Decimal
-    min_notional: Decimal
+    binance_min_notional: Decimal
+    bybit_min_notional: Decimal
     initial_price: Decimal
     quote: str = "USDT"
 
@@ -38,14 +44,22 @@ def decimals_of(step: Decimal) -> int:
     return max(0, -exponent)
 
 
-# symbol, tick size, quantity step, minimum quantity, maximum quantity, initial price (min notional: 5 USDT)
+# Real minimum order values (USDT).
+# Binance USD-M MIN_NOTIONAL: BTCUSDT 100 and ETHUSDT 20 since 2023-11-02 (Binance announcement "Binance
+# Futures Will Update the Minimum Notional Value of BTCUSDT and ETHUSDT Perpetual Contracts", quoted by
+# e.g. https://app.wrgsb.com/tr/post/status/17744539; ccxt's binance error table quotes "-4164 ... no
+# smaller than 20"); every other USDT perpetual 5 (https://www.binance.com/en/support/announcement/
+# 1d762daf60dd417f9d8a05d44b06a25c, "no less than the threshold of 5 USDT").
+# Bybit linear minNotionalValue: 5 (bybit-exchange/docs docs/v5/market/instrument.mdx, BTCUSDT example).
+# symbol, tick size, quantity step, minimum quantity, maximum quantity, initial price, Binance min notional
 _DEFAULTS = (
-    ("BTCUSDT", "0.1", "0.001", "0.001", "1000", "60000"),
-    ("ETHUSDT", "0.01", "0.001", "0.001", "10000", "3000"),
-    ("SOLUSDT", "0.01", "0.1", "1", "100000", "150"),  # min 1 > step 0.1, as on some real markets
-    ("DOGEUSDT", "0.00001", "1", "1", "50000000", "0.2"),
-    ("CLOUDUSDT", "0.00001", "1", "1", "50000000", "0.13012"),
+    ("BTCUSDT", "0.1", "0.001", "0.001", "1000", "60000", "100"),
+    ("ETHUSDT", "0.01", "0.001", "0.001", "10000", "3000", "20"),
+    ("SOLUSDT", "0.01", "0.1", "1", "100000", "150", "5"),  # min 1 > step 0.1, as on some real markets
+    ("DOGEUSDT", "0.00001", "1", "1", "50000000", "0.2", "5"),
+    ("CLOUDUSDT", "0.00001", "1", "1", "50000000", "0.13012", "5"),
 )
+BYBIT_MIN_NOTIONAL = Decimal(5)
 
 DEFAULT_MARKETS: tuple[MarketSpec, ...] = tuple(
     MarketSpec(
@@ -55,8 +69,9 @@ DEFAULT_MARKETS: tuple[MarketSpec, ...] = tuple(
         qty_step=Decimal(step),
         min_qty=Decimal(min_qty),
         max_qty=Decimal(max_qty),
-        min_notional=Decimal(5),
+        binance_min_notional=Decimal(binance_min),
+        bybit_min_notional=BYBIT_MIN_NOTIONAL,
         initial_price=Decimal(price),
     )
-    for symbol, tick, step, min_qty, max_qty, price in _DEFAULTS
+    for symbol, tick, step, min_qty, max_qty, price, binance_min in _DEFAULTS
 )

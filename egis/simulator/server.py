@@ -2,16 +2,22 @@
 
 Paths do not collide (Binance ``/fapi/``, Bybit ``/v5/``, control ``/_sim/``), so one port serves a
 ccxt ``binanceusdm`` and a ccxt ``bybit`` client at the same time. A middleware logs every exchange
-request and applies injected faults before the front end sees the request.
+request, applies injected faults and the venue's rate limits before the front end sees the request, and
+adds the venue's rate-limit headers to the answer.
+
+Private endpoints accept only registered API keys (``start_simulator(api_keys=...)``, the control API's
+``POST /_sim/api_keys``, or for the standalone process ``--api-key KEY:SECRET`` / the environment variable
+``EGIS_SIMULATOR_API_KEYS="key1:secret1,key2:secret2"``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -23,9 +29,10 @@ from egis.simulator.bybit import BybitFrontEnd
 from egis.simulator.control_api import CONTROL_PREFIX, control_routes
 from egis.simulator.core import SimulatorCore
 from egis.simulator.faults import Fault, FaultBook, FaultKind
-from egis.simulator.wire import PARAMS_KEY, FrontEnd, Handler, read_params
+from egis.simulator.wire import PARAMS_KEY, RAW_KEY, FrontEnd, Handler, read_params
 
 EXCHANGES = ("binanceusdm", "bybit")
+API_KEYS_ENV = "EGIS_SIMULATOR_API_KEYS"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -63,9 +70,14 @@ def build_app(core: SimulatorCore, faults: FaultBook, stopping: asyncio.Event) -
     return app
 
 
-async def start_simulator(host: str = "127.0.0.1", port: int = 0) -> SimulatorServer:
-    """Start a fresh simulator on ``host:port`` (``port=0`` picks a free port)."""
+async def start_simulator(
+    host: str = "127.0.0.1", port: int = 0, api_keys: Mapping[str, str] | None = None
+) -> SimulatorServer:
+    """Start a fresh simulator on ``host:port`` (``port=0`` picks a free port), accepting ``api_keys``
+    (API key -> secret; more can be registered later through the control API)."""
     core, faults, stopping = SimulatorCore(), FaultBook(), asyncio.Event()
+    for api_key, secret in (api_keys or {}).items():
+        core.register_api_key(api_key, secret)
     runner = web.AppRunner(build_app(core, faults, stopping), access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
@@ -80,18 +92,32 @@ async def start_simulator(host: str = "127.0.0.1", port: int = 0) -> SimulatorSe
     return SimulatorServer(f"http://{url_host}:{bound_port}", core, faults, runner, stopping)
 
 
-def run_standalone(exchange: str, host: str, port: int) -> None:
+def run_standalone(exchange: str, host: str, port: int, api_keys: Mapping[str, str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, announcing ``simulator <exchange> listening on <url>`` on stdout.
 
     Both front ends are served whatever ``exchange`` says; it only names what the caller wants to use.
+    The accepted API keys are ``api_keys`` plus those of the ``EGIS_SIMULATOR_API_KEYS`` environment
+    variable (``key1:secret1,key2:secret2``).
     """
     if exchange not in EXCHANGES:
         raise ValueError(f"exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
-    asyncio.run(_serve(exchange, host, port))
+    keys = parse_api_keys(os.environ.get(API_KEYS_ENV, "")) | dict(api_keys or {})
+    asyncio.run(_serve(exchange, host, port, keys))
 
 
-async def _serve(exchange: str, host: str, port: int) -> None:
-    server = await start_simulator(host, port)
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``"key1:secret1,key2:secret2"`` as a mapping; raises ValueError on an entry without both parts."""
+    keys = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        api_key, _, secret = entry.partition(":")
+        if not api_key or not secret:
+            raise ValueError(f"API keys must look like KEY:SECRET, got {entry!r}")
+        keys[api_key] = secret
+    return keys
+
+
+async def _serve(exchange: str, host: str, port: int, api_keys: Mapping[str, str]) -> None:
+    server = await start_simulator(host, port, api_keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -111,43 +137,59 @@ def _exchange_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
-        query, body = await read_params(request)
-        request[PARAMS_KEY] = query | body
+        query, body, raw_query, raw_body = await read_params(request)
+        # "If a parameter sent in both the query string and request body, the query string parameter will be
+        # used" (Binance USD-M General Info); Bybit never sends both.
+        request[PARAMS_KEY] = body | query
+        request[RAW_KEY] = (raw_query, raw_body)
         front_end = next((f for f in front_ends if request.path.startswith(f.path_prefix)), None)
         api_key = request.headers.get(front_end.api_key_header) if front_end else None
         fault = faults.take(request.method, request.path, api_key)
         kind = fault.kind.value if fault else None
         core.log_request(request.method, request.path, query=query, body=body, api_key=api_key, fault=kind)
-        if fault is None:
-            return await handler(request)
-        return await _apply_fault(fault, front_end, request, handler, stopping)
+        if fault is not None and fault.kind in (FaultKind.HTTP, FaultKind.TIMEOUT):
+            return await _infrastructure_fault(fault, stopping)  # never reached the venue: no limits, no headers
+        if front_end is None:
+            if fault is not None and fault.kind is not FaultKind.ACCEPT_THEN_TIMEOUT:
+                raise web.HTTPNotFound()  # a native answer needs an exchange; the control API refuses such faults
+            response = await handler(request)
+        else:
+            refusal = front_end.admit(request, api_key)
+            response = await _answer(fault, front_end, refusal, request, handler)
+            front_end.decorate(request, response, api_key)
+        if fault is not None and fault.kind is FaultKind.ACCEPT_THEN_TIMEOUT:
+            await _hold(stopping, fault.seconds)
+        return response
 
     return middleware
 
 
-async def _apply_fault(
-    fault: Fault,
-    front_end: FrontEnd | None,
-    request: web.Request,
-    handler: Handler,
-    stopping: asyncio.Event,
-) -> web.StreamResponse:
+async def _infrastructure_fault(fault: Fault, stopping: asyncio.Event) -> web.StreamResponse:
     if fault.kind is FaultKind.HTTP:
         content_type = "text/html" if fault.text.lstrip().startswith("<") else "text/plain"
         return web.Response(status=fault.status, text=fault.text, content_type=content_type)
-    if fault.kind is FaultKind.TIMEOUT:
-        await _hold(stopping, fault.seconds)
-        return web.Response(status=504, text="Gateway Timeout")
-    if fault.kind is FaultKind.ACCEPT_THEN_TIMEOUT:
-        response = await handler(request)
-        await _hold(stopping, fault.seconds)
-        return response
-    if front_end is None:  # a native error needs an exchange; the control API refuses such faults
-        raise web.HTTPNotFound()
-    if fault.kind is FaultKind.RATE_LIMIT:
-        return front_end.rate_limit_response()
-    assert fault.code is not None, "Fault.__post_init__ requires a code for error faults"
-    return front_end.error_response(fault.code, fault.msg or "", fault.http_status)
+    await _hold(stopping, fault.seconds)
+    return web.Response(status=504, text="Gateway Timeout")
+
+
+async def _answer(
+    fault: Fault | None,
+    front_end: FrontEnd,
+    refusal: web.Response | None,
+    request: web.Request,
+    handler: Handler,
+) -> web.StreamResponse:
+    """A native fault's answer, else the rate-limit refusal, else the endpoint's answer."""
+    if fault is not None and fault.kind is FaultKind.RATE_LIMIT:
+        return front_end.rate_limit_response(request)
+    if fault is not None and fault.kind is FaultKind.BAN:
+        return front_end.ban_response(request, fault.seconds)
+    if fault is not None and fault.kind is FaultKind.ERROR:
+        assert fault.code is not None, "Fault.__post_init__ requires a code for error faults"
+        return front_end.error_response(fault.code, fault.msg or "", fault.http_status)
+    if refusal is not None:
+        return refusal
+    return await handler(request)
 
 
 async def _hold(stopping: asyncio.Event, seconds: float) -> None:
