@@ -643,6 +643,21 @@ async def test_delayed_events_keep_their_order(
     await pump.stop()
 
 
+@pytest.mark.parametrize(("venue", "offset_ms"), [("binanceusdm", 24 * HOUR_MS), ("bybit", 11 * 60_000)])
+async def test_the_venues_end_old_and_idle_connections(
+    venue: str, offset_ms: int, make_exchange: MakeExchange, control: SimulatorControl
+) -> None:
+    """Binance ends a connection at 24 hours, Bybit one without pings or data for 10 minutes (simulator clock)."""
+    ex = make_exchange(venue, snapshot=False)
+    await ex.load_markets()
+    pump = Pump(ex, "watch_orders", retry=False)
+    await connected(control)
+    await control.settings(clock_offset_ms=offset_ms)
+    await eventually(lambda: pump.errors, "the connection to end")
+    assert isinstance(pump.errors[0], NetworkError)
+    assert "closing code 1001" in str(pump.errors[0])
+
+
 # ------------------------------------------------------------------------------------ control API
 
 

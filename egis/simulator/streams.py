@@ -155,7 +155,6 @@ class StreamHub:
         self._connections: dict[str, StreamConnection] = {}
         self._faults: dict[tuple[str, str], _KeyFaults] = {}
         self._ids = itertools.count(1)
-        self._tickers: list[Callable[[], None]] = []
         self._clock: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.listen_keys = ListenKeyBook(core, self)
@@ -188,25 +187,21 @@ class StreamHub:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def add_ticker(self, tick: Callable[[], None]) -> None:
-        """Call ``tick`` on every clock tick (every TICK_SECONDS)."""
-        self._tickers.append(tick)
-
     async def _run_clock(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.listen_keys.expire_due()
-            for tick in self._tickers:
-                tick()
-            await self._end_old_connections()
+            self._end_old_connections()
 
-    async def _end_old_connections(self) -> None:
+    def _end_old_connections(self) -> None:
+        """Close (in the background) the connections the venues would end by now on the simulator clock."""
         now = self._core.now_ms()
         for conn in list(self._connections.values()):
             too_old = conn.venue == BINANCE and now - conn.opened_ms >= BINANCE_CONNECTION_LIFETIME_MS
             idle = conn.venue == BYBIT and now - conn.last_activity_ms >= BYBIT_IDLE_CUTOFF_MS
             if too_old or idle:
-                await self._close(conn, DropMode.CLOSE)
+                self._connections.pop(conn.id, None)
+                self.spawn(self._close(conn, DropMode.CLOSE))
 
     # ------------------------------------------------------------------ connections
 
