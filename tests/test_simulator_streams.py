@@ -21,6 +21,9 @@ What the unmodified client does against the simulator, as these tests pin it:
   ccxt keeps the connection marked as authenticated (``test_bybit_auth_refused_then_client_hangs``).
 - Both: a dropped socket rejects the pending watch with NetworkError, a silent one with RequestTimeout
   after two missed pongs; the next watch reconnects at once; nothing missed in between is replayed.
+  When the positions snapshot's REST call fails, the first watch_positions never returns
+  (``test_a_failed_snapshot_leaves_watch_positions_hanging``); Bybit's snapshot also reads inverse
+  positions, which the simulator answers with an empty list.
 """
 
 from __future__ import annotations
@@ -316,6 +319,21 @@ async def test_bybit_inverse_snapshot_does_not_hang(make_exchange: MakeExchange,
     assert [(p["symbol"], p["side"], p["contracts"]) for p in snapshot] == [(BTC, "long", 0.01)]
     queried = [r.query.get("category") for r in sim.core.request_log[start:] if r.path == "/v5/position/list"]
     assert sorted(queried) == ["inverse", "linear"]
+
+
+@pytest.mark.parametrize(
+    ("venue", "route"), [("binanceusdm", "GET /fapi/v3/positionRisk"), ("bybit", "GET /v5/position/list")]
+)
+async def test_a_failed_snapshot_leaves_watch_positions_hanging(
+    venue: str, route: str, make_exchange: MakeExchange, control: SimulatorControl
+) -> None:
+    """ccxt.pro behaviour pinned, not a simulator one: when the positions snapshot's REST call fails once,
+    the first watch_positions never returns (the snapshot future is neither resolved nor rejected)."""
+    ex = make_exchange(venue)
+    await ex.load_markets()
+    await control.add_fault(route, "http", http_status=500)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ex.watch_positions(), 1.5)
 
 
 # ------------------------------------------------------------------------------------ Binance listen keys
