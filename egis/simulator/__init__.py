@@ -1,4 +1,5 @@
-"""Local exchange simulator speaking enough Binance USD-M futures and Bybit v5 REST for the real ccxt client.
+"""Local exchange simulator speaking enough Binance USD-M futures and Bybit v5 REST for the real ccxt client,
+and their private websocket streams for the real ccxt.pro client.
 
 Used by tests, the demo and benchmarks, never in production. Start one with
 ``await start_simulator(api_keys={"my-key": "my-secret"})`` (private endpoints refuse unknown keys and

@@ -14,7 +14,6 @@ with HTTP 400 unless stated otherwise. Every answer carries ``X-MBX-USED-WEIGHT-
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Sequence
@@ -36,12 +35,15 @@ from egis.simulator.core import (
     PositionSide,
     RejectReason,
     Side,
+    SimulatorCore,
     Trade,
     UnknownSymbol,
     VenueRules,
 )
 from egis.simulator.limits import MINUTE_MS, Verdict
 from egis.simulator.markets import MarketSpec
+from egis.simulator.streams import BINANCE as STREAM_VENUE
+from egis.simulator.streams import StreamHub
 from egis.simulator.wire import (
     ApiError,
     BadParameter,
@@ -70,6 +72,7 @@ MAX_LEVERAGE = 125
 _MAX_NOTIONAL = "1000000"
 _DELIVERY_DATE_PERPETUAL = 4133404800000
 ORDER_PATH = "/fapi/v1/order"
+LISTEN_KEY_PATH = "/fapi/v1/listenKey"
 # "If recvWindow is not sent, it defaults to 5000" (General Info > Timing Security); it cannot exceed 60000.
 DEFAULT_RECV_WINDOW = 5000
 MAX_RECV_WINDOW = 60000
@@ -133,6 +136,8 @@ _WEIGHTS: dict[tuple[str, str], int | tuple[int, int]] = {
     ("GET", "/fapi/v1/forceOrders"): (20, 50),
     ("POST", "/fapi/v1/leverage"): 1,
     ("POST", "/fapi/v1/listenKey"): 1,
+    ("PUT", "/fapi/v1/listenKey"): 1,
+    ("DELETE", "/fapi/v1/listenKey"): 1,
     ("GET", "/fapi/v1/positionSide/dual"): 30,
     ("POST", "/fapi/v1/positionSide/dual"): 1,
 }
@@ -150,6 +155,10 @@ class BinanceFrontEnd(FrontEnd):
 
     path_prefix = "/fapi/"
     api_key_header = "X-MBX-APIKEY"
+
+    def __init__(self, core: SimulatorCore, hub: StreamHub | None = None) -> None:
+        super().__init__(core)
+        self._hub = hub if hub is not None else StreamHub(core)
 
     def error_response(self, code: int, msg: str, http_status: int | None = None) -> web.Response:
         """A Binance error answer (HTTP 400 unless given)."""
@@ -261,12 +270,15 @@ class BinanceFrontEnd(FrontEnd):
             ("POST", "/fapi/v1/leverage"): self._set_leverage,
             ("GET", "/fapi/v1/positionSide/dual"): lambda _, a: {"dualSidePosition": a.hedge_default},
             ("POST", "/fapi/v1/positionSide/dual"): self._set_position_mode,
-            ("POST", "/fapi/v1/listenKey"): lambda _, a: {"listenKey": _listen_key(a.api_key)},
+            ("POST", LISTEN_KEY_PATH): self._start_user_stream,
+            ("PUT", LISTEN_KEY_PATH): self._keepalive_user_stream,
+            ("DELETE", LISTEN_KEY_PATH): self._close_user_stream,
         }
 
     def _key_only_endpoints(self) -> frozenset[tuple[str, str]]:
-        # Start User Data Stream is USER_STREAM: API key, no signature (General Info > Endpoint Security Type).
-        return frozenset({("POST", "/fapi/v1/listenKey")})
+        # The user data stream endpoints are USER_STREAM: API key, no signature (General Info > Endpoint
+        # Security Type).
+        return frozenset({("POST", LISTEN_KEY_PATH), ("PUT", LISTEN_KEY_PATH), ("DELETE", LISTEN_KEY_PATH)})
 
     def _success_response(self, payload: Payload) -> web.Response:
         return web.json_response(payload)
@@ -569,13 +581,13 @@ class BinanceFrontEnd(FrontEnd):
         (the venue's choice is undocumented; the most recent is the only one that can still be open).
         """
         symbol = self._core.market(required(params, "symbol")).symbol
-        client_order_id = optional(params, "origClientOrderId")
+        wanted_id = optional(params, "origClientOrderId")
         order_id = optional_int(params, "orderId")
-        if client_order_id is not None:
+        if wanted_id is not None:
             matches = [
                 o
                 for o in account.orders.values()
-                if o.symbol == symbol and _client_id(o) == client_order_id and self._visible(o)
+                if o.symbol == symbol and client_order_id(o) == wanted_id and self._visible(o)
             ]
             return max(matches, key=lambda o: o.id, default=None)
         if order_id is None:
@@ -675,6 +687,35 @@ class BinanceFrontEnd(FrontEnd):
         ]
         return [_order_json(o) for o in orders[-limit_param(params, 50, 100) :]]
 
+    # ------------------------------------------------------------------ user data stream (listen keys)
+
+    def _start_user_stream(self, _: Params, account: Account) -> Payload:
+        """Start User Data Stream: "Start a new user data stream. The stream will close after 60 minutes unless
+        a keepalive is sent. If the account has an active listenKey, that listenKey will be returned and its
+        validity will be extended for 60 minutes." Response ``{"listenKey": ...}`` (USD-M docs, User Data
+        Streams > Start User Data Stream). The control API's ``refuse_stream_auth`` makes it answer -2015
+        (REJECTED_MBX_KEY, HTTP 401, the answer to a key without the permission; error codes)."""
+        if self._hub.take_auth_refusal(STREAM_VENUE, account.api_key):
+            raise ApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        return {"listenKey": self._hub.listen_keys.start(account.api_key).key}
+
+    def _keepalive_user_stream(self, _: Params, account: Account) -> Payload:
+        """Keepalive User Data Stream: extends the active key by 60 minutes, answers ``{"listenKey": ...}``;
+        "if response -1125 error "This listenKey does not exist." Please use POST /fapi/v1/listenKey to
+        recreate listenKey" (User Data Streams > Connect; -1125 INVALID_LISTEN_KEY in the error codes)."""
+        key = self._hub.listen_keys.keepalive(account.api_key)
+        if key is None:
+            raise ApiError(-1125, "This listenKey does not exist.")
+        return {"listenKey": key.key}
+
+    def _close_user_stream(self, _: Params, account: Account) -> Payload:
+        """Close User Data Stream: "Doing a DELETE on a listenKey will close the stream and invalidate the
+        listenKey"; answers ``{}`` (User Data Streams > Close User Data Stream). Without an active key the
+        simulator answers -1125 like PUT does (the venue's answer there is undocumented)."""
+        if self._hub.listen_keys.close(account.api_key) is None:
+            raise ApiError(-1125, "This listenKey does not exist.")
+        return {}
+
 
 def _position_side_param(raw: str | None) -> PositionSide | None:
     """``positionSide`` BOTH, LONG or SHORT; None if absent or not one of them."""
@@ -740,7 +781,7 @@ def _symbol_info(market: MarketSpec) -> dict[str, Any]:
     }
 
 
-def _client_id(order: Order) -> str:
+def client_order_id(order: Order) -> str:
     """The order's client id. Orders the exchange placed itself: liquidations ``autoclose-<digits>`` and ADL
     ``adl_autoclose`` (User's Force Orders response example, .../trade/rest-api/Users-Force-Orders), other
     exchange-side closes (UI close, stop) a Binance-UI-style ``web_`` id."""
@@ -753,20 +794,20 @@ def _client_id(order: Order) -> str:
     return f"web_{order.id}"
 
 
-_AUTO_CLOSE = {OrderSource.LIQUIDATION: ("LIMIT", "IOC"), OrderSource.ADL: ("LIMIT", "GTC")}
+AUTO_CLOSE_TYPES = {OrderSource.LIQUIDATION: ("LIMIT", "IOC"), OrderSource.ADL: ("LIMIT", "GTC")}
 
 
 def _order_json(order: Order, *, acknowledged_only: bool = False) -> dict[str, Any]:
     """An order as Binance answers it; ``acknowledged_only``: as just accepted (NEW, nothing executed yet)."""
-    order_type, time_in_force = _AUTO_CLOSE.get(order.source, ("MARKET", "GTC"))
+    order_type, time_in_force = AUTO_CLOSE_TYPES.get(order.source, ("MARKET", "GTC"))
     executed = Decimal(0) if acknowledged_only else order.executed_qty
     status = "NEW" if acknowledged_only else order.status.value
     return {
         "orderId": order.id,
         "symbol": order.symbol,
         "status": status,
-        "clientOrderId": _client_id(order),
-        "price": fmt(order.avg_price) if order.source in _AUTO_CLOSE else "0",
+        "clientOrderId": client_order_id(order),
+        "price": fmt(order.avg_price) if order.source in AUTO_CLOSE_TYPES else "0",
         "avgPrice": "0.00" if acknowledged_only else fmt(order.avg_price),
         "origQty": fmt(order.quantity),
         "executedQty": fmt(executed),
@@ -774,7 +815,7 @@ def _order_json(order: Order, *, acknowledged_only: bool = False) -> dict[str, A
         "cumQuote": fmt(executed * order.avg_price),
         "timeInForce": time_in_force,
         "type": order_type,
-        "reduceOnly": order.reduce_only and order.source not in _AUTO_CLOSE,
+        "reduceOnly": order.reduce_only and order.source not in AUTO_CLOSE_TYPES,
         "closePosition": False,
         "side": order.side.value,
         "positionSide": order.position_side.value,
@@ -808,8 +849,3 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
         "buyer": trade.side is Side.BUY,
         "maker": False,
     }
-
-
-def _listen_key(api_key: str) -> str:
-    """A stable user-data-stream key per API key."""
-    return hashlib.sha256(f"listenKey:{api_key}".encode()).hexdigest()

@@ -384,10 +384,14 @@ class BybitFrontEnd(FrontEnd):
 
     def _position_list(self, params: Params, account: Account) -> Result:
         """With ``symbol`` the rows are returned even when flat (one, or two in hedge mode: positionIdx 1
-        and 2); with ``settleCoin`` only open positions."""
+        and 2); with ``settleCoin`` only open positions. ``settleCoin``: "linear: either symbol or settleCoin
+        is required"; "category=inverse: You can query all open positions with /v5/position/list?category=
+        inverse" (docs/v5/position/position.mdx): the simulator has no inverse positions, so that is an empty
+        list (ccxt.pro's positions snapshot asks for linear and inverse positions, pro/bybit.py
+        load_positions_snapshot)."""
         symbol = optional(params, "symbol")
         settle_coin = optional(params, "settleCoin")
-        if symbol is None and settle_coin is None:
+        if _is_linear(params) and symbol is None and settle_coin is None:
             raise BadParameter("symbol or settleCoin is required")
         if not _is_linear(params):
             positions: list[Position] = []
@@ -395,10 +399,10 @@ class BybitFrontEnd(FrontEnd):
             positions = account.symbol_positions(self._core.market(symbol).symbol)
         else:
             positions = account.open_positions() if settle_coin == "USDT" else []
-        rows = [self._position_row(account, p) for p in positions]
+        rows = [self.position_row(account, p) for p in positions]
         return {"category": _category(params), "list": rows, "nextPageCursor": ""}
 
-    def _position_row(self, account: Account, position: Position) -> dict[str, Any]:
+    def position_row(self, account: Account, position: Position) -> dict[str, Any]:
         mark = self._core.mark_prices[position.symbol]
         leverage = account.leverage_for(position.symbol)
         size = abs(position.quantity)
@@ -622,7 +626,7 @@ class BybitFrontEnd(FrontEnd):
             and in_window(t.time_ms, start, end)
             and exec_type in (None, _EXEC_TYPES[orders[t.order_id].source])
         ]
-        rows = [_execution_json(t, orders[t.order_id]) for t in trades[: limit_param(params, 50, 100)]]
+        rows = [execution_json(t, orders[t.order_id]) for t in trades[: limit_param(params, 50, 100)]]
         return {"category": _category(params), "list": rows, "nextPageCursor": ""}
 
 
@@ -718,12 +722,12 @@ def _order_page(params: Params, orders: list[Order], *, default_limit: int) -> R
     newest_first = sorted(orders, key=lambda o: o.id, reverse=True)[: limit_param(params, default_limit, 50)]
     return {
         "category": _category(params),
-        "list": [_order_json(o) for o in newest_first],
+        "list": [order_json(o) for o in newest_first],
         "nextPageCursor": "",
     }
 
 
-def _order_json(order: Order) -> dict[str, Any]:
+def order_json(order: Order) -> dict[str, Any]:
     filled = order.executed_qty > 0
     return {
         "orderId": str(order.id),
@@ -766,7 +770,7 @@ def _order_json(order: Order) -> dict[str, Any]:
     }
 
 
-def _execution_json(trade: Trade, order: Order) -> dict[str, Any]:
+def execution_json(trade: Trade, order: Order) -> dict[str, Any]:
     return {
         "symbol": trade.symbol,
         "orderId": str(trade.order_id),

@@ -99,7 +99,8 @@ class SimulatorControl:
         return await self._call("POST", "settings", body)
 
     async def reset(self) -> None:
-        """Back to a fresh simulator: default prices and settings, no accounts, logs, faults or bans.
+        """Back to a fresh simulator: default prices and settings, no accounts, logs, faults or bans, every
+        private stream connection closed, no listen keys, no stream faults.
 
         Registered API keys stay registered."""
         await self._call("POST", "reset", {})
@@ -252,6 +253,68 @@ class SimulatorControl:
         answer = await self._call("DELETE", "faults")
         return int(answer["cleared"])
 
+    # ------------------------------------------------------------------ private streams
+
+    async def streams(self, api_key: str | None = None) -> dict[str, Any]:
+        """The private websocket streams (of one API key, or all): ``connections`` (id, venue, api_key,
+        listen_key, topics, opened_ms, expired, silent, silent_for, and the counts of events ``sent``,
+        ``skipped`` by a skip fault, ``lost`` to silence or an expired key, ``queued``, and ``replies`` to
+        Bybit requests), pending counted
+        ``faults`` (skip, delay, refuse_auth per venue and key) and Binance ``listen_keys`` (key, expires_ms,
+        active, expired, closed)."""
+        return dict(await self._call("GET", "streams", params=_key_param(api_key)))
+
+    async def drop_streams(self, venue: str | None = None, api_key: str | None = None, *, mode: str = "abort") -> int:
+        """End the open stream connections of ``api_key`` on ``venue`` (None: every key / both venues);
+        returns how many. ``mode`` "abort" cuts the TCP connection without a close frame (a network failure),
+        "close" sends a websocket close frame (1001 going away) first. Clients must reconnect (and, since the
+        venues replay nothing, re-read the account over REST)."""
+        body = {"venue": venue, "api_key": api_key, "mode": mode}
+        return int((await self._call("POST", "streams/drop", _without_none(body)))["dropped"])
+
+    async def silence_streams(
+        self, venue: str | None = None, api_key: str | None = None, seconds: float | None = None
+    ) -> int:
+        """Make the open stream connections of ``api_key`` on ``venue`` (None: all) go silent: no events (they
+        are lost, not held) and no answer to pings (protocol ping frames and Bybit ``ping`` ops), for
+        ``seconds`` or until ``clear_stream_faults``; the sockets stay open. Connections opened afterwards
+        are not affected. Returns how many connections were silenced."""
+        body = {"venue": venue, "api_key": api_key, "seconds": seconds}
+        return int((await self._call("POST", "streams/silence", _without_none(body)))["silenced"])
+
+    async def skip_stream_events(self, venue: str, api_key: str, count: int) -> list[dict[str, Any]]:
+        """Drop the next ``count`` account events of ``api_key`` on ``venue`` (events that would have reached
+        at least one of its connections; see ``egis.simulator.streams``). Returns the pending stream faults
+        of the key."""
+        body = {"venue": venue, "api_key": api_key, "count": count}
+        return list(await self._call("POST", "streams/skip", body))
+
+    async def delay_stream_events(self, venue: str, api_key: str, count: int, seconds: float) -> list[dict[str, Any]]:
+        """Hold each of the next ``count`` account events of ``api_key`` on ``venue`` ``seconds`` before sending
+        it (the events behind it wait: order is kept). Returns the pending stream faults of the key."""
+        body = {"venue": venue, "api_key": api_key, "count": count, "seconds": seconds}
+        return list(await self._call("POST", "streams/delay", body))
+
+    async def refuse_stream_auth(self, venue: str, api_key: str, count: int = 1) -> list[dict[str, Any]]:
+        """Refuse the next ``count`` stream authentications of ``api_key``: Bybit ``auth`` ops answer
+        ``{"success": false, "ret_msg": "Params Error", "op": "auth", ...}``, Binance ``POST
+        /fapi/v1/listenKey`` answers -2015 (HTTP 401). Returns the pending stream faults of the key."""
+        body = {"venue": venue, "api_key": api_key, "count": count}
+        return list(await self._call("POST", "streams/refuse_auth", body))
+
+    async def expire_listen_key(self, api_key: str) -> str | None:
+        """Expire the account's active Binance listen key now, as if 60 minutes had passed without a POST or
+        PUT: its connections get ``listenKeyExpired`` and no further events (they stay open), PUT answers
+        -1125 and the next POST creates a new key. Returns the expired key (None: there was no active key).
+        Moving the clock (``settings(clock_offset_ms=...)``) past the key's expiry does the same."""
+        return (await self._call("POST", "streams/expire_listen_key", {"api_key": api_key}))["listen_key"]
+
+    async def clear_stream_faults(self, venue: str | None = None, api_key: str | None = None) -> int:
+        """Lift silences and drop pending skip/delay/refuse_auth faults (of one venue and/or key); returns how
+        many were cleared."""
+        body = {"venue": venue, "api_key": api_key}
+        return int((await self._call("DELETE", "streams/faults", _without_none(body)))["cleared"])
+
     # ------------------------------------------------------------------ inspection
 
     async def orders(self, api_key: str | None = None) -> list[dict[str, Any]]:
@@ -288,6 +351,10 @@ class SimulatorControl:
             error = payload.get("error") if isinstance(payload, dict) else payload
             raise SimulatorControlError(f"{method} /_sim/{name}: HTTP {status}: {error}")
         return _parse_decimals(payload)
+
+
+def _without_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _key_param(api_key: str | None) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Server side of the simulator's control API (``/_sim/...``): prices, API keys, settings, exchange-side
-actions (closes, liquidations, ADL), time travel, faults, bans, logs.
+actions (closes, liquidations, ADL), time travel, faults, bans, logs, private-stream faults and inspection.
 
 JSON in, JSON out; Decimals travel as strings. Invalid input (unknown symbol, missing field, bad value)
 is answered with HTTP 400 and ``{"error": "<message>"}``. See ``egis.simulator.control.SimulatorControl``
@@ -8,6 +8,7 @@ for the client and what each route does.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
@@ -26,6 +27,7 @@ from egis.simulator.core import (
     SimulatorError,
 )
 from egis.simulator.faults import Fault, FaultBook, FaultKind, parse_route
+from egis.simulator.streams import STREAM_VENUES, DropMode, StreamHub
 from egis.simulator.wire import FrontEnd, fmt
 
 CONTROL_PREFIX = "/_sim/"
@@ -39,15 +41,18 @@ class ControlError(Exception):
     """Invalid control request; answered with HTTP 400."""
 
 
-def control_routes(core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd]) -> list[web.RouteDef]:
+def control_routes(
+    core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd], hub: StreamHub
+) -> list[web.RouteDef]:
     """The aiohttp routes of the control API of one simulator."""
-    return _ControlApi(core, faults, front_ends).routes()
+    return _ControlApi(core, faults, front_ends, hub).routes()
 
 
 class _ControlApi:
-    def __init__(self, core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd]) -> None:
+    def __init__(self, core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd], hub: StreamHub) -> None:
         self._core = core
         self._faults = faults
+        self._hub = hub
         self._prefixes = tuple(front_end.path_prefix for front_end in front_ends)
 
     def routes(self) -> list[web.RouteDef]:
@@ -76,6 +81,14 @@ class _ControlApi:
             ("POST", "settings"): self._update_settings,
             ("GET", "settings"): lambda _, __: _jsonable(self._core.settings),
             ("POST", "reset"): self._reset,
+            ("GET", "streams"): lambda _, query: self._hub.state(query.get("api_key")),
+            ("POST", "streams/drop"): self._drop_streams,
+            ("POST", "streams/silence"): self._silence_streams,
+            ("POST", "streams/skip"): self._skip_events,
+            ("POST", "streams/delay"): self._delay_events,
+            ("POST", "streams/refuse_auth"): self._refuse_stream_auth,
+            ("POST", "streams/expire_listen_key"): self._expire_listen_key,
+            ("DELETE", "streams/faults"): self._clear_stream_faults,
         }
         return [web.route(m, CONTROL_PREFIX + name, _handler(h)) for (m, name), h in handlers.items()]
 
@@ -238,17 +251,61 @@ class _ControlApi:
         settings = self._core.update_settings(**{k: v for k, v in changes.items() if v is not None})
         return _jsonable(settings)
 
-    def _reset(self, _: Body, __: Mapping[str, str]) -> Any:
+    async def _reset(self, _: Body, __: Mapping[str, str]) -> Any:
         self._core.reset()
         self._faults.clear()
+        await self._hub.reset()
         return {"ok": True}
+
+    # ------------------------------------------------------------------ private streams
+
+    async def _drop_streams(self, body: Body, _: Mapping[str, str]) -> Any:
+        mode = _or_default(_optional(body, "mode", DropMode), DropMode.ABORT)
+        dropped = await self._hub.drop(_optional(body, "venue", _as_venue), _optional(body, "api_key", _as_str), mode)
+        return {"dropped": dropped}
+
+    def _silence_streams(self, body: Body, _: Mapping[str, str]) -> Any:
+        seconds = _optional(body, "seconds", _as_seconds)
+        if seconds is not None and seconds <= 0:
+            raise ControlError("field 'seconds' must be positive")
+        silenced = self._hub.silence(_optional(body, "venue", _as_venue), _optional(body, "api_key", _as_str), seconds)
+        return {"silenced": silenced}
+
+    def _skip_events(self, body: Body, _: Mapping[str, str]) -> Any:
+        venue, api_key = _required(body, "venue", _as_venue), _required(body, "api_key", _as_str)
+        self._hub.skip(venue, api_key, _required(body, "count", _as_count))
+        return self._hub.state(api_key)["faults"]
+
+    def _delay_events(self, body: Body, _: Mapping[str, str]) -> Any:
+        venue, api_key = _required(body, "venue", _as_venue), _required(body, "api_key", _as_str)
+        seconds = _required(body, "seconds", _as_seconds)
+        if seconds < 0:
+            raise ControlError("field 'seconds' must not be negative")
+        self._hub.delay(venue, api_key, _required(body, "count", _as_count), seconds)
+        return self._hub.state(api_key)["faults"]
+
+    def _refuse_stream_auth(self, body: Body, _: Mapping[str, str]) -> Any:
+        venue, api_key = _required(body, "venue", _as_venue), _required(body, "api_key", _as_str)
+        self._hub.refuse_auth(venue, api_key, _or_default(_optional(body, "count", _as_count), 1))
+        return self._hub.state(api_key)["faults"]
+
+    def _expire_listen_key(self, body: Body, _: Mapping[str, str]) -> Any:
+        key = self._hub.listen_keys.expire_now(_required(body, "api_key", _as_str))
+        return {"listen_key": None if key is None else key.key}
+
+    def _clear_stream_faults(self, body: Body, _: Mapping[str, str]) -> Any:
+        cleared = self._hub.clear_faults(_optional(body, "venue", _as_venue), _optional(body, "api_key", _as_str))
+        return {"cleared": cleared}
 
 
 def _handler(handle: ControlHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
         try:
             body = await _json_object(request)
-            return web.json_response(handle(body, request.query))
+            answer = handle(body, request.query)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return web.json_response(answer)
         except (ControlError, SimulatorError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
 
@@ -317,6 +374,19 @@ def _as_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError("expected true or false")
     return value
+
+
+def _as_count(value: Any) -> int:
+    count = _as_int(value)
+    if count < 1:
+        raise ValueError("expected a count of at least 1")
+    return count
+
+
+def _as_venue(value: Any) -> str:
+    if value not in STREAM_VENUES:
+        raise ValueError(f"expected one of {', '.join(STREAM_VENUES)}")
+    return str(value)
 
 
 def _as_seconds(value: Any) -> float:

@@ -439,6 +439,9 @@ class SimulatorCore:
         self.settings = Settings()
         self.binance_limits = BinanceLimiter()
         self.bybit_limits = BybitLimiter()
+        # Called with every fill, API and exchange-side alike, right after it is recorded (the private
+        # streams push it); they survive reset().
+        self.fill_listeners: list[Callable[[Fill], None]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -902,7 +905,10 @@ class SimulatorCore:
         )
         account.orders[order.id] = order
         account.trades.append(trade)
-        return Fill(order, trade)
+        fill = Fill(order, trade)
+        for listener in self.fill_listeners:
+            listener(fill)
+        return fill
 
     # ----------------------------------------------------------------- request log
 

@@ -5,6 +5,13 @@ ccxt ``binanceusdm`` and a ccxt ``bybit`` client at the same time. A middleware 
 request, applies injected faults and the venue's rate limits before the front end sees the request, and
 adds the venue's rate-limit headers to the answer.
 
+The private websocket streams (Binance ``/private/ws?listenKey=`` and ``/ws/<listenKey>``, Bybit
+``/v5/private``; see ``binance_stream`` and ``bybit_stream``) are served on the same port, which is what
+ccxt.pro reaches once ``point_to_local`` has rewritten its URLs. Their upgrade requests are logged and
+take ``http`` and ``timeout`` faults (a refused or hanging handshake); rate limits do not apply to them.
+Stream faults (drops, silence, skipped or delayed events, refused auth) are the control API's
+``/_sim/streams/...`` routes.
+
 Private endpoints accept only registered API keys (``start_simulator(api_keys=...)``, the control API's
 ``POST /_sim/api_keys``, or for the standalone process ``--api-key KEY:SECRET`` / the environment variable
 ``EGIS_SIMULATOR_API_KEYS="key1:secret1,key2:secret2"``).
@@ -17,7 +24,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -25,10 +32,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from egis.simulator.binance import BinanceFrontEnd
+from egis.simulator.binance_stream import BinanceStream
 from egis.simulator.bybit import BybitFrontEnd
+from egis.simulator.bybit_stream import BybitStream
 from egis.simulator.control_api import CONTROL_PREFIX, control_routes
 from egis.simulator.core import SimulatorCore
 from egis.simulator.faults import Fault, FaultBook, FaultKind
+from egis.simulator.streams import StreamHub
 from egis.simulator.wire import PARAMS_KEY, RAW_KEY, FrontEnd, Handler, read_params
 
 EXCHANGES = ("binanceusdm", "bybit")
@@ -38,11 +48,12 @@ _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 @dataclass
 class SimulatorServer:
-    """A running simulator; ``core`` and ``faults`` give in-process tests direct access to its state."""
+    """A running simulator; ``core``, ``faults`` and ``streams`` give in-process tests direct access to its state."""
 
     base_url: str
     core: SimulatorCore
     faults: FaultBook
+    streams: StreamHub
     _runner: web.AppRunner = field(repr=False)
     _stopping: asyncio.Event = field(repr=False)
 
@@ -60,13 +71,24 @@ class SimulatorServer:
         await self.stop()
 
 
-def build_app(core: SimulatorCore, faults: FaultBook, stopping: asyncio.Event) -> web.Application:
-    """The aiohttp application serving both exchanges and the control API for one core."""
-    front_ends: tuple[FrontEnd, ...] = (BinanceFrontEnd(core), BybitFrontEnd(core))
-    app = web.Application(middlewares=[_exchange_middleware(core, faults, front_ends, stopping)])
+def build_app(core: SimulatorCore, faults: FaultBook, stopping: asyncio.Event, hub: StreamHub) -> web.Application:
+    """The aiohttp application serving both exchanges (REST and private streams) and the control API for one
+    core."""
+    bybit = BybitFrontEnd(core)
+    front_ends: tuple[FrontEnd, ...] = (BinanceFrontEnd(core, hub), bybit)
+    streams = (BinanceStream(core, hub), BybitStream(core, hub, bybit))
+
+    def stream_path(path: str) -> bool:
+        return any(stream.owns(path) for stream in streams)
+
+    app = web.Application(middlewares=[_exchange_middleware(core, faults, front_ends, stream_path, stopping)])
     for front_end in front_ends:
         app.add_routes(front_end.routes())
-    app.add_routes(control_routes(core, faults, front_ends))
+    for stream in streams:
+        app.add_routes(stream.routes())
+    app.add_routes(control_routes(core, faults, front_ends, hub))
+    app.on_startup.append(hub.start)
+    app.on_shutdown.append(hub.stop)
     return app
 
 
@@ -76,9 +98,10 @@ async def start_simulator(
     """Start a fresh simulator on ``host:port`` (``port=0`` picks a free port), accepting ``api_keys``
     (API key -> secret; more can be registered later through the control API)."""
     core, faults, stopping = SimulatorCore(), FaultBook(), asyncio.Event()
+    hub = StreamHub(core)
     for api_key, secret in (api_keys or {}).items():
         core.register_api_key(api_key, secret)
-    runner = web.AppRunner(build_app(core, faults, stopping), access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(build_app(core, faults, stopping, hub), access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -89,7 +112,7 @@ async def start_simulator(
     url_host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
     if ":" in url_host:
         url_host = f"[{url_host}]"
-    return SimulatorServer(f"http://{url_host}:{bound_port}", core, faults, runner, stopping)
+    return SimulatorServer(f"http://{url_host}:{bound_port}", core, faults, hub, runner, stopping)
 
 
 def run_standalone(exchange: str, host: str, port: int, api_keys: Mapping[str, str] | None = None) -> None:
@@ -131,11 +154,22 @@ async def _serve(exchange: str, host: str, port: int, api_keys: Mapping[str, str
 
 
 def _exchange_middleware(
-    core: SimulatorCore, faults: FaultBook, front_ends: Sequence[FrontEnd], stopping: asyncio.Event
+    core: SimulatorCore,
+    faults: FaultBook,
+    front_ends: Sequence[FrontEnd],
+    stream_path: Callable[[str], bool],
+    stopping: asyncio.Event,
 ) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(CONTROL_PREFIX):
+            return await handler(request)
+        if stream_path(request.path):
+            fault = faults.take(request.method, request.path, None)
+            kind = fault.kind.value if fault else None
+            core.log_request(request.method, request.path, query=dict(request.query), body={}, api_key=None, fault=kind)
+            if fault is not None and fault.kind in (FaultKind.HTTP, FaultKind.TIMEOUT):
+                return await _infrastructure_fault(fault, stopping)
             return await handler(request)
         query, body, raw_query, raw_body = await read_params(request)
         # "If a parameter sent in both the query string and request body, the query string parameter will be
