@@ -28,6 +28,7 @@ import prometheus_client
 from pydantic import ValidationError
 from sqlalchemy import select
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
@@ -39,7 +40,7 @@ from egis.db.engine import make_engine
 from egis.db.schema import bots
 from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
-from egis.models import Exchange, account_task_queue
+from egis.models import AccountInput, Exchange, account_task_queue, stream_workflow_id
 from egis.process import hard_exit
 from egis.temporal import (
     check_search_attributes,
@@ -81,6 +82,7 @@ class AccountWorkers:
         self.deps = deps
         self.running: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         self.scheduled: set[tuple[Exchange, str]] = set()
+        self.streaming: set[tuple[Exchange, str]] = set()
 
     async def discover(self) -> None:
         async with self.deps.engine.connect() as conn:
@@ -88,6 +90,7 @@ class AccountWorkers:
         for exchange_name, account in rows:
             exchange = Exchange(exchange_name)
             await self._ensure_sync(exchange, account)
+            await self._ensure_stream(exchange, account)
             queue = account_task_queue(self.deps.settings.task_queue, exchange, account)
             if queue in self.running:
                 continue
@@ -111,6 +114,27 @@ class AccountWorkers:
         self.scheduled.add(key)
         for sid in created:
             log.info("created schedule %s (exchange sync of %s/%s, every 15 s)", sid, exchange, account)
+
+    async def _ensure_stream(self, exchange: Exchange, account: str) -> None:
+        """A live account's private stream runs as ONE workflow with a fixed id, whichever worker
+        starts it first; the others find it running (USE_EXISTING)."""
+        key = (exchange, account)
+        if exchange is Exchange.PAPER or key in self.streaming or not self.deps.settings.streams:
+            return
+        with contextlib.suppress(EgisError):
+            if not load_account(account, exchange, self.deps.settings.resolved_accounts_dir).stream:
+                return  # the account file says "stream": false: REST polling only
+        queue = self.deps.settings.task_queue
+        await self.client.start_workflow(
+            "AccountStreamWorkflow",
+            AccountInput(exchange=exchange, account=account),
+            id=stream_workflow_id(queue, exchange, account),
+            task_queue=queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+        self.streaming.add(key)
+        log.info("private stream of %s/%s: running", exchange, account)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

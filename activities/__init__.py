@@ -14,6 +14,7 @@ from activities.deps import Deps
 from activities.health import HealthActivities
 from activities.maintenance import MaintenanceActivities
 from activities.positions import PositionActivities
+from activities.streams import StreamActivities
 from activities.watch import WatchActivities
 
 
@@ -46,4 +47,5 @@ def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
         watch.check_aged_exits,
         maintenance.sync_account,
         maintenance.read_account_positions,
+        StreamActivities(deps).account_stream,
     ]

@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
 from temporalio import activity
 
 from activities.common import gateway_for, read_failure
 from activities.deps import Deps
 from egis import metrics
 from egis.db import maintenance as mdb
+from egis.db.schema import stream_status
 from egis.db.store import jsonable
 from egis.exchanges.base import ExchangeCallError
 from egis.models import (
@@ -84,6 +86,8 @@ class MaintenanceActivities:
         for kind, count in report.found.items():
             if count:
                 metrics.SYNC_FINDINGS.labels(request.exchange.value, kind).inc(count)
+        if findings.ghosts:
+            await self._count_missed_stream_events(request, [g.position_id for g in findings.ghosts])
         metrics.ORPHAN_POSITIONS.labels(request.exchange.value, request.account).set(len(report.orphans))
         for orphan in report.orphans:
             log.warning("%s/%s: orphan on the exchange, not adopted: %s", request.exchange, request.account, orphan)
@@ -97,6 +101,38 @@ class MaintenanceActivities:
             run_id = await mdb.start_run(conn, "exchange_sync", "observe", request.actor, scope)
             await mdb.finish_run(conn, run_id, report.found, rows)
         return report.model_copy(update={"run_id": run_id})
+
+    async def _count_missed_stream_events(self, request: SyncInput, ghosts: list[int]) -> None:
+        """Seed 003: "alert on missed position close events". A ghost the REST sync finds while the
+        account's stream has been connected since before the sync's grace period, and that the
+        stream never reported, is a close event the stream missed."""
+        async with self.deps.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(stream_status).where(
+                            stream_status.c.exchange == request.exchange.value,
+                            stream_status.c.account == request.account,
+                        )
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None or not row["connected"] or row["connected_since"] is None:
+            return
+        connected_for = (datetime.now(UTC) - row["connected_since"]).total_seconds()
+        if connected_for < max(30.0, 2 * self.deps.settings.sync_grace_seconds):
+            return  # just (re)connected: its gap-fill is still catching up
+        missed = [p for p in ghosts if p not in set(row["reported"] or [])]
+        if missed:
+            metrics.STREAM_MISSED_EVENTS.labels(request.exchange.value, request.account).inc(len(missed))
+            log.warning(
+                "%s/%s: the stream was connected but never reported ghost position(s) %s",
+                request.exchange,
+                request.account,
+                missed,
+            )
 
     @activity.defn(name="reconcile_paper")
     async def reconcile_paper(self, request: MaintenanceInput) -> MaintenanceReport:

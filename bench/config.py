@@ -21,6 +21,9 @@ class Sizes:
     maintenance_rows: tuple[int, ...]  # section 4: synthetic table sizes
     maintenance_runs: int  # section 4: timed runs per query (the median is reported)
     opens: int = 20  # section 6: opens, one after the other (and as many of each baseline)
+    stream_ghosts: int = 20  # section 7: ghosts detected by the private stream (and as many by REST sync)
+    stream_fault_ghosts: int = 2  # section 7: ghosts planted under each stream fault
+    rest_window_s: float = 30.0  # section 7: how long REST reads are counted
     reservations: int = 200  # section 5: concurrent reservations
     budget_repeats: int = 3  # section 5: contended / spread runs, alternated
 
@@ -34,6 +37,8 @@ class Sizes:
             "gc": math.ceil(2 * self.ghost_closes / per),
             "gp": math.ceil(self.ghost_passive / per),
             "op": math.ceil(self.opens / per),
+            "sb": max(2, math.ceil(self.stream_fault_ghosts / per)),  # section 7 cycles through its slots
+            "sn": max(1, math.ceil(self.stream_fault_ghosts / per)),
         }
 
 
@@ -58,4 +63,7 @@ FULL = Sizes(
     maintenance_rows=(10_000, 100_000, 1_000_000),
     maintenance_runs=5,
     opens=150,
+    stream_ghosts=200,
+    stream_fault_ghosts=10,
+    rest_window_s=120.0,
 )

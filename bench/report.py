@@ -15,11 +15,17 @@ from typing import Any
 
 from egis.output import plain, table
 
-INVARIANTS = ("ghost_orders_sent", "budget_overspend", "maintenance_missed", "maintenance_unexpected")
+INVARIANTS = (
+    "ghost_orders_sent",
+    "budget_overspend",
+    "maintenance_missed",
+    "maintenance_unexpected",
+    "stream_ghosts_missed",
+)
 """ghost_orders_sent: orders the simulator received for positions it had already closed;
 budget_overspend: max(0, reserved - budget) after concurrent reservations on one bot;
 maintenance_missed / _unexpected: planted paper mismatches and phantom shorts not found / found
-although not planted."""
+although not planted; stream_ghosts_missed: ghosts made under stream faults that nothing detected."""
 
 Value = float | int | str | None
 

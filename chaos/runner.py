@@ -7,7 +7,9 @@ drivers play the bots and the operator (they retry what an operator would retry)
 injects, at random points: worker kill -9 and restart, PostgreSQL restart, Temporal restart,
 and exchange faults (5xx, timeouts, accept-then-timeout, 429 bursts, misleading 170131 / -2022,
 bans: 429 then 418 / Bybit 403), and venue-wide behaviours for a while (a skewed clock, Bybit's
-order history lagging with its realtime cache empty, Binance answering MARKET orders NEW / 0).
+order history lagging with its realtime cache empty, Binance answering MARKET orders NEW / 0),
+and private-stream faults (socket dropped, silent stall, events skipped or delayed, listen key
+expired; the worker that holds a stream is killed like any other).
 Lifecycle kinds: normal, closed behind the bot's back (ghost, manual or found by the sync),
 aged, partly closed by hand, a reversal (close a long, open a short at once: seed 000's phantom
 rule matches it; phantom cleanup runs with --confirm all along), and liquidated (or ADL).
@@ -399,7 +401,20 @@ class Chaos:
             },
             "NEW/0 market answers (binance)": {"binance_market_new_answer": True},
         }
-        name = self.rng.choice(sorted([*choices, *venue]))
+        venue_name = "binanceusdm" if binance else "bybit"
+        streams: dict[str, Callable[[], Awaitable[Any]]] = {
+            "stream drop": lambda: self.sim.drop_streams(venue_name, key),
+            "stream silent stall": lambda: self.sim.silence_streams(venue_name, key, seconds=self.rng.uniform(5, 40)),
+            "stream events skipped": lambda: self.sim.skip_stream_events(venue_name, key, self.rng.randint(1, 4)),
+            "stream events delayed": lambda: self.sim.delay_stream_events(venue_name, key, 3, self.rng.uniform(1, 5)),
+        }
+        if binance:
+            streams["listen key expired"] = lambda: self.sim.expire_listen_key(key)
+        name = self.rng.choice(sorted([*choices, *venue, *streams]))
+        if name in streams:
+            await patient(streams[name])
+            self.tally.faults[name] += 1
+            return
         if name in venue:  # a venue-wide behaviour for a while, then back to the default
             await patient(lambda: self.sim.settings(**venue[name]))
             self.tally.faults[name] += 1

@@ -364,6 +364,29 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_streams(args: argparse.Namespace) -> int:
+    from egis.client import EgisClient
+
+    async with EgisClient.from_settings(settings_from(args), temporal=False) as client:
+        rows = await client.streams()
+    if args.json:
+        print(to_json(rows))
+        return EXIT_OK
+    for row in rows:
+        row["state"] = "connected" if row["connected"] else ("never started" if row["updated_at"] is None else "down")
+    print(
+        table(
+            rows,
+            ["exchange", "account", "state", "connected_since", "last_event_at", "reconnects", "events", "lag_ms"],
+        )
+    )
+    for row in rows:
+        if row["last_error"]:
+            print(f"{row['exchange']}/{row['account']}: last error: {row['last_error']}")
+    print("streams report ghosts and fills in real time; the exchange sync (REST, every 15 s) stays the safety net")
+    return EXIT_OK
+
+
 def _print_report(report: Any, as_json: bool, columns: list[str]) -> None:
     if as_json:
         print(to_json(report))
@@ -577,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--account")
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(func=cmd_sync)
+
+    streams = sub.add_parser("streams", help="each live account's private stream: connected, last event, lag")
+    _common(streams)
+    streams.add_argument("--json", action="store_true")
+    streams.set_defaults(func=cmd_streams)
 
     reconcile = sub.add_parser("reconcile", help="reconciliation jobs")
     reconcile_sub = reconcile.add_subparsers(dest="reconcile_command", required=True, parser_class=_Parser)

@@ -17,6 +17,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -249,6 +250,34 @@ class EgisClient:
                 if item.get("kind") == "orphan"
             )
         return rows
+
+    async def streams(self) -> list[dict[str, Any]]:
+        """Each live account's private stream, as its status row says (written by the stream activity)."""
+        from egis.db.schema import stream_status
+
+        async with self.engine.connect() as conn:
+            rows = {
+                (r["exchange"], r["account"]): dict(r) for r in (await conn.execute(select(stream_status))).mappings()
+            }
+        out = []
+        for exchange, account in await self.live_accounts():
+            row = rows.get((exchange.value, account), {})
+            out.append(
+                {
+                    "exchange": exchange.value,
+                    "account": account,
+                    "connected": bool(row.get("connected")),
+                    "connected_since": row.get("connected_since"),
+                    "last_event_at": row.get("last_event_at"),
+                    "reconnects": row.get("reconnects", 0),
+                    "events": row.get("events", 0),
+                    "lag_ms": row.get("lag_ms"),
+                    "worker": row.get("worker"),
+                    "last_error": row.get("last_error"),
+                    "updated_at": row.get("updated_at"),
+                }
+            )
+        return out
 
     # ------------------------------------------------------------ maintenance
     async def require_worker(self, wait: float = 10.0) -> None:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     watch_tick_seconds: float = 5.0
     sync_grace_seconds: float = 10.0  # exchange sync leaves positions younger than this alone
     auto_schedules: bool = True  # the worker creates missing maintenance/sync schedules (safe defaults)
+    streams: bool = True  # private websocket streams for live accounts (EGIS_STREAMS=0: REST polling only)
     log_level: str = "INFO"
 
     @property

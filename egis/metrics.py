@@ -6,7 +6,7 @@ them are in `deploy/prometheus-alerts.yml`.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 GHOST_POSITIONS = Counter(
     "ghost_positions_detected", "Positions found missing on the exchange before any close order", ["exchange"]
@@ -51,5 +51,30 @@ EXCHANGE_BACKOFFS = Counter(
 EXCHANGE_CLOCK_SKEW_MS = Gauge(
     "exchange_clock_skew_ms",
     "Our clock minus the venue's, as last measured (signing uses the venue's)",
+    ["exchange", "account"],
+)
+STREAM_CONNECTED = Gauge(
+    "stream_connected", "1 while this worker holds the account's private stream connected", ["exchange", "account"]
+)
+STREAM_RECONNECTS = Counter(
+    "stream_reconnects",
+    "Private stream (re)connections after a loss (closed, silent, key expired)",
+    ["exchange", "account"],
+)
+STREAM_EVENTS = Counter("stream_events", "Private stream events handled, by kind", ["exchange", "account", "kind"])
+STREAM_GAP_FILL_FINDINGS = Counter(
+    "stream_gap_fill_findings",
+    "Ghosts and drifts found by the REST read after a (re)connect or a silence (events the stream never delivered)",
+    ["exchange", "account"],
+)
+STREAM_EVENT_LAG = Histogram(
+    "stream_event_lag_seconds",
+    "Venue event time to handling by Egis",
+    ["exchange"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STREAM_MISSED_EVENTS = Counter(
+    "stream_missed_events",
+    "Ghosts the REST sync found while the account's stream was connected and had not reported them (seed 003)",
     ["exchange", "account"],
 )

@@ -480,6 +480,18 @@ class AccountPositions(BaseModel):
     error: str | None = None
 
 
+class StreamRunReport(BaseModel):
+    """What one run of the account stream activity saw (the workflow starts the next run)."""
+
+    exchange: Exchange
+    account: str
+    disabled: bool = False  # EGIS_STREAMS=0 on the worker that ran it: the workflow ends
+    events: int = 0
+    reconnects: int = 0
+    gap_fill_findings: int = 0
+    last_error: str | None = None
+
+
 class MaintenanceInput(BaseModel):
     """Paper reconciliation (`apply` = --fix) and phantom-short cleanup (`apply` = --confirm)."""
 
@@ -532,6 +544,11 @@ def position_workflow_id(bot: str, ref: str) -> str:
 def account_task_queue(main_queue: str, exchange: Exchange | str, account: str) -> str:
     """Exchange I/O for one account runs on its own queue, so its rate limit holds across workers."""
     return f"{main_queue}-{Exchange(exchange).value}-{account}"
+
+
+def stream_workflow_id(main_queue: str, exchange: Exchange | str, account: str) -> str:
+    """One private stream per (deployment queue, exchange account), however many workers run."""
+    return f"stream-{main_queue}-{Exchange(exchange).value}-{account}"
 
 
 def watcher_workflow_id(main_queue: str, exchange: Exchange | str, account: str) -> str:

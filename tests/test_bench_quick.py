@@ -30,5 +30,5 @@ def test_quick_bench_runs_and_keeps_its_invariants(tmp_path: Path, repo_root: Pa
     )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     doc = json.loads(out.read_text())
-    assert doc["ghost_orders_sent"] == 0 and doc["budget_overspend"] == 0
+    assert doc["ghost_orders_sent"] == 0 and doc["budget_overspend"] == 0 and doc["stream_ghosts_missed"] == 0
     assert doc["mode"] == "quick" and doc["ok"] is True

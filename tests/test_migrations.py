@@ -22,6 +22,7 @@ TABLES = {
     "audit_events",
     "maintenance_runs",
     "exchange_backoffs",
+    "stream_status",
 }
 
 

@@ -117,6 +117,12 @@ async def test_keys_appear_in_no_history_log_or_row(
                     )
                     await client.close_position(view.workflow_id, CloseRequest(reason="manual"))
                 await client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+            # the private streams' error paths too: a dropped socket and an expired listen key (its URL
+            # carries the key, and ccxt's errors quote the URL)
+            await _streams_up(sim_control)
+            await sim_control.drop_streams()
+            expired = await sim_control.expire_listen_key(CANARY_KEY)
+            await asyncio.sleep(3)  # reconnects, with new keys
             histories = [
                 (await temporal_env.client.get_workflow_handle(w.id, run_id=w.run_id).fetch_history()).to_json()
                 async for w in temporal_env.client.list_workflows(f'TaskQueue = "{queue}"')
@@ -132,7 +138,20 @@ async def test_keys_appear_in_no_history_log_or_row(
     assert "positions" in dump and "audit_events" in dump
     worker_log = log.read_text()
     assert "worker ready" in worker_log
-    for canary in CANARIES:
+    listen_keys = {expired, *(k["listen_key"] for k in (await sim_control.streams())["listen_keys"])}
+    assert expired is not None and len(listen_keys) >= 1, "control: the Binance stream really ran"
+    for canary in (*CANARIES, *listen_keys):
         assert not any(canary in h for h in histories), f"{canary} in a Temporal history"
         assert canary not in worker_log, f"{canary} in the worker log"
         assert canary not in dump, f"{canary} in the database"
+
+
+async def _streams_up(sim_control: SimulatorControl, timeout: float = 30.0) -> None:
+    """Both accounts' private streams are connected (the worker starts them at discovery)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        keys = {c["api_key"] for c in (await sim_control.streams())["connections"]}
+        if {CANARY_KEY, ENV_KEY} <= keys:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the private streams never connected")

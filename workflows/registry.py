@@ -1,6 +1,7 @@
 """Every workflow the worker registers (kept out of workflows/__init__.py, which the sandbox
 re-imports for each workflow instance)."""
 
+from workflows.account_stream import AccountStreamWorkflow
 from workflows.health import HealthWorkflow
 from workflows.maintenance import ExchangeSyncWorkflow, PaperReconcileWorkflow, PhantomCleanupWorkflow
 from workflows.position import PositionWorkflow
@@ -13,4 +14,5 @@ ALL_WORKFLOWS = [
     ExchangeSyncWorkflow,
     PaperReconcileWorkflow,
     PhantomCleanupWorkflow,
+    AccountStreamWorkflow,
 ]

@@ -266,6 +266,24 @@ exchange_backoffs = Table(
 )
 """One back-off per exchange account, shared by every activity and every worker process."""
 
+stream_status = Table(
+    "stream_status",
+    metadata,
+    Column("exchange", Text, primary_key=True),
+    Column("account", Text, primary_key=True),
+    Column("connected", Boolean, nullable=False, server_default=text("false")),
+    Column("connected_since", TS),
+    Column("last_event_at", TS),
+    Column("reconnects", Integer, nullable=False, server_default=text("0")),
+    Column("events", BigInteger, nullable=False, server_default=text("0")),
+    Column("lag_ms", Integer),
+    Column("worker", Text),  # the worker identity holding the stream
+    Column("last_error", Text),
+    Column("reported", JSONB, nullable=False, server_default=text("'[]'::jsonb")),  # position ids it reported
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+)
+"""One row per exchange account with a private stream (`egis streams`)."""
+
 audit_events = Table(
     "audit_events",
     metadata,

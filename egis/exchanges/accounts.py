@@ -45,6 +45,7 @@ class AccountConfig(BaseModel):
     sandbox: bool = False  # the exchange's testnet (ccxt sandbox mode)
     timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
     activities_per_second: float | None = Field(default=None, ge=0)  # override the exchange default; 0 = none
+    stream: bool = True  # follow the account's private websocket stream (REST polling stays on either way)
     # paper only
     price_source: PriceSource | None = None
     starting_balance: Decimal = Decimal("10000")
