@@ -53,6 +53,7 @@ from egis.models import (
     Side,
 )
 from egis.rules import submission
+from egis.rules.close import CloseDecision, CloseStep, decide_close
 from egis.rules.exits import ClosingTrade, exit_from_trades
 from egis.rules.sizing import quantities_differ, quantity_for_usd, validate_quantity
 from egis.rules.submission import Step
@@ -191,24 +192,42 @@ class PositionActivities:
         )
 
     async def _record(
-        self, gateway: Gateway, order: dict[str, Any], report: OrderReport, exit_reason: str | None = None
+        self,
+        gateway: Gateway,
+        order: dict[str, Any],
+        report: OrderReport,
+        exit_reason: str | None = None,
+        trace: Trace | None = None,
     ) -> OrderOutcome:
         async with self.deps.engine.begin() as conn:
-            return await self._record_on(conn, order, report, exit_reason)
+            return await self._record_on(conn, order, report, exit_reason, trace)
 
     async def _record_on(
-        self, conn: AsyncConnection, order: dict[str, Any], report: OrderReport, exit_reason: str | None
+        self,
+        conn: AsyncConnection,
+        order: dict[str, Any],
+        report: OrderReport,
+        exit_reason: str | None,
+        trace: Trace | None = None,
     ) -> OrderOutcome:
-        return await db.record_fill(
+        outcome, position = await db.record_fill_returning(
             conn,
             order["id"],
             db.FillReport(report.exchange_order_id, report.filled_quantity, report.average_price),
             actor=_actor(),
             exit_reason=exit_reason,
         )
+        if trace is not None:
+            trace.position = position
+        return outcome
 
     async def _submit(
-        self, gateway: Gateway, order: dict[str, Any], position: dict[str, Any], exit_reason: str | None = None
+        self,
+        gateway: Gateway,
+        order: dict[str, Any],
+        position: dict[str, Any],
+        exit_reason: str | None = None,
+        trace: Trace | None = None,
     ) -> OrderOutcome | Refusal:
         """Send (or find) the order and record its fill. Returns the outcome, or the Refusal
         for a PERMANENT one (the exchange's, or ours before sending). Raises a retryable
@@ -224,7 +243,7 @@ class PositionActivities:
             )
             if step is Step.RECORD:
                 assert found is not None
-                return await self._record(gateway, order, found, exit_reason)
+                return await self._record(gateway, order, found, exit_reason, trace)
             if step is Step.WAIT:
                 raise not_yet(f"order {order['client_order_id']} may still be on the exchange: looking again")
             if step is Step.REFUSED:
@@ -249,24 +268,26 @@ class PositionActivities:
             metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, "invalid").inc()
             return Refusal(exc.code, f"refused before sending: {exc.message}")
         await self.deps.store.note_submission(order["id"])
+        order["submissions"] += 1
         try:
             report = await gateway.create_order(
-                request, record=lambda conn, rep: self._record_on(conn, order, rep, exit_reason)
+                request, record=lambda conn, rep: self._record_on(conn, order, rep, exit_reason, trace)
             )
         except ExchangeCallError as exc:
-            return await self._after_error(gateway, order, exc, exit_reason)
+            return await self._after_error(gateway, order, exc, exit_reason, trace)
         metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, report.status).inc()
         faults.hit(f"after_{intent.value}_submit")
         if gateway.records_fills_atomically:
-            return _outcome_from_rows(
-                await self.deps.store.get_order_row(order["id"]), await self.deps.store.get_position(position["id"])
-            )
+            after = await self.deps.store.get_position(position["id"])
+            if trace is not None:
+                trace.position = after
+            return _outcome_from_rows(await self.deps.store.get_order_row(order["id"]), after)
         if submission.after_send(report.filled_quantity > 0) is Step.WAIT:
             # accepted with nothing filled yet (Binance NEW / 0): never a final zero fill
             if report.exchange_order_id:
                 await self.deps.store.note_exchange_order_id(order["id"], report.exchange_order_id)
             raise not_yet(f"order {order['client_order_id']} accepted, nothing filled yet: looking it up")
-        return await self._record(gateway, order, report, exit_reason)
+        return await self._record(gateway, order, report, exit_reason, trace)
 
     async def _look_up(self, gateway: Gateway, order: dict[str, Any]) -> OrderReport | None:
         try:
@@ -275,7 +296,12 @@ class PositionActivities:
             raise read_failure(exc) from None
 
     async def _after_error(
-        self, gateway: Gateway, order: dict[str, Any], exc: ExchangeCallError, exit_reason: str | None
+        self,
+        gateway: Gateway,
+        order: dict[str, Any],
+        exc: ExchangeCallError,
+        exit_reason: str | None,
+        trace: Trace | None = None,
     ) -> OrderOutcome | Refusal:
         intent = Intent(order["intent"])
         verdict = exc.classify()
@@ -290,7 +316,7 @@ class PositionActivities:
         # VERIFY: did the order execute after all?
         found = await self._look_up(gateway, order)
         if found is not None and found.filled_quantity > 0:
-            return await self._record(gateway, order, found, exit_reason)
+            return await self._record(gateway, order, found, exit_reason, trace)
         if verdict.rule in _MAY_EXIST_RULES:
             # the venue may hold it (a timeout, a 5xx, a duplicate id) and its look-up may lag:
             # "not found" is not absence yet; the next attempt looks again (egis.rules.submission)
@@ -301,94 +327,89 @@ class PositionActivities:
     @activity.defn(name="close_position")
     async def close_position(self, request: CloseInput) -> CloseResult:
         async with heartbeating():
-            result = await self._close(request)
-        # every request that reached the exchange for this close, whichever path settled it and
-        # however many activity attempts it took (a 170131 before a ghost counts: it was sent)
-        sent = await self.deps.store.close_orders_sent(request.position_id, request.attempt)
-        return result.model_copy(update={"orders_sent": result.orders_sent + sent})
+            return await self._close(request)
 
     async def _close(self, request: CloseInput) -> CloseResult:
-        position = await self.deps.store.get_position(request.position_id)
+        """Seed 003's plan: settle a close order already sent, read the exchange, decide
+        (egis.rules.close), write, send, classify the answer. `orders_sent` counts every request
+        this close attempt sent, across activity retries (a 170131 before a ghost counts)."""
+        position, unsettled = await self.deps.store.close_snapshot(request.position_id)
         if db.is_final(position["status"]):
-            return _result_from_row(position, CloseOutcomeKind.ALREADY_FINAL, orders_sent=0)
+            return await self._already_final(request)
         exchange = Exchange(position["exchange"])
-        label = exchange.value
-        metrics.CLOSE_ATTEMPTS.labels(label).inc()
+        metrics.CLOSE_ATTEMPTS.labels(exchange.value).inc()
         gateway = await self._gateway(exchange, position["account"])
-        side = Side(position["side"])
+        sent_before = sum(o["submissions"] for o in unsettled if o["attempt"] == request.attempt)
 
-        # 0. a close order we already sent (a crash or a lost answer) is settled by client id first
-        resumed = await self._resume_sent_close(gateway, position, request.reason, request.attempt)
-        if resumed is not None:
-            return resumed
-        position = await self.deps.store.get_position(request.position_id)
-        open_quantity = position["quantity"] - position["closed_quantity"]
+        # 1. settle: a close order we already sent (a crash, a lost answer) is looked up first
+        if unsettled:
+            resumed = await self._resume_sent_close(gateway, position, unsettled, request)
+            if resumed is not None:
+                return resumed
 
-        # 1. read the position on the exchange before sending anything
+        # 2. verify: read the position on the exchange before sending anything
         try:
-            on_exchange = await gateway.fetch_position(position["symbol"], side)
+            on_exchange = await gateway.fetch_position(position["symbol"], Side(position["side"]))
             verified = True
         except ExchangeCallError as exc:
             if exc.classify("read").outcome is not ErrorClass.TRANSIENT or exc.retry_after:
                 # throttled or banned: nothing may go out until it ends; the close waits it out
                 raise read_failure(exc) from None
-            metrics.CLOSE_VALIDATION_FAILURES.labels(label).inc()
             log.warning(
-                "position %s: could not read it on %s (%s); closing the DB quantity", position["id"], label, exc
+                "position %s: could not read it on %s (%s); closing the DB quantity", position["id"], exchange, exc
             )
             on_exchange, verified = None, False
-        if verified and on_exchange is None:
-            metrics.GHOST_POSITIONS.labels(label).inc()
-            log.warning(
-                "position %s %s: not on the exchange; ghost, closed without an order",
-                position["id"],
-                position["symbol"],
-            )
-            return await self._close_ghost(gateway, position, CloseOutcomeKind.GHOST, "no position on the exchange")
-        if verified and on_exchange is not None:
-            rules = await gateway.market(position["symbol"])
-            if quantities_differ(open_quantity, on_exchange.quantity, rules.amount_step):
-                metrics.CLOSE_QUANTITY_MISMATCHES.labels(label).inc()
-                log.warning(
-                    "position %s: quantity mismatch, exchange=%s db=%s; closing the exchange's quantity",
-                    position["id"],
-                    on_exchange.quantity,
-                    open_quantity,
-                )
-                async with self.deps.engine.begin() as conn:
-                    position = await db.adjust_open_quantity(
-                        conn,
-                        position["id"],
-                        on_exchange.quantity,
-                        actor=_actor(),
-                        reason=f"exchange holds {on_exchange.quantity}, we held {open_quantity}",
-                    )
-                open_quantity = on_exchange.quantity
+        rules = await gateway.market(position["symbol"])
+        decision = decide_close(
+            position["quantity"] - position["closed_quantity"],
+            on_exchange.quantity if on_exchange is not None else None,
+            verified=verified,
+            step=rules.amount_step,
+        )
+        _count(decision, exchange, position)
+        if decision.step is CloseStep.GHOST:
+            result = await self._close_ghost(gateway, position, CloseOutcomeKind.GHOST, decision.why)
+            return result.model_copy(update={"orders_sent": sent_before})
 
-        # 2. the reduce-only CLOSE order, idempotent per attempt
+        # 3. adjust (if the exchange holds another quantity) and write the reduce-only CLOSE order
         async with self.deps.engine.begin() as conn:
-            order = await db.begin_close(
-                conn, position["id"], request.attempt, open_quantity, actor=_actor(), reason=request.reason
+            position, order = await db.begin_close_returning(
+                conn,
+                position["id"],
+                request.attempt,
+                decision.quantity,
+                actor=_actor(),
+                reason=request.reason,
+                adjust_to=decision.quantity if decision.step is CloseStep.ADJUST_THEN_CLOSE else None,
+                adjust_reason=decision.why,
             )
-        position = await self.deps.store.get_position(position["id"])
+
+        # 4. send (idempotent per attempt), 5. classify the answer
+        trace = Trace(position)
         try:
-            submitted = await self._submit(gateway, order, position, exit_reason=request.reason)
+            submitted = await self._submit(gateway, order, position, exit_reason=request.reason, trace=trace)
         except VerifyNeeded as ambiguous:
-            return await self._verify_close(gateway, order, ambiguous)
+            result = await self._verify_close(gateway, order, ambiguous)
+            return result.model_copy(update={"orders_sent": order["submissions"]})
         if isinstance(submitted, Refusal):
-            return await self._close_refused(order, submitted)
-        after = await self.deps.store.get_position(position["id"])
-        return _result_from_row(after, CloseOutcomeKind.CLOSED if after["status"] == "closed" else None, 0)
+            result = await self._close_refused(order, submitted)
+            return result.model_copy(update={"orders_sent": order["submissions"]})
+        after = trace.position
+        outcome = CloseOutcomeKind.CLOSED if after["status"] == "closed" else None
+        return _result_from_row(after, outcome, order["submissions"])
+
+    async def _already_final(self, request: CloseInput) -> CloseResult:
+        position, sent = await self.deps.store.close_outcome(request.position_id, request.attempt)
+        return _result_from_row(position, CloseOutcomeKind.ALREADY_FINAL, orders_sent=sent)
 
     async def _resume_sent_close(
-        self, gateway: Gateway, position: dict[str, Any], reason: str, attempt: int
+        self, gateway: Gateway, position: dict[str, Any], unsettled: list[dict[str, Any]], request: CloseInput
     ) -> CloseResult | None:
         """If a close order of this position was sent but never recorded, record what the
         exchange says about it. Without this, a retry after a crash would find the position
-        gone (our own close filled it) and misread it as a ghost. The result counts the
-        resumed orders of earlier attempts (this attempt's are counted by the caller)."""
-        resumed = 0
-        for order in await self.deps.store.unsettled_orders(position["id"], Intent.CLOSE):
+        gone (our own close filled it) and misread it as a ghost."""
+        recorded = False
+        for order in unsettled:
             found = await self._look_up(gateway, order)
             step = submission.next_step(
                 Exchange(order["exchange"]),
@@ -405,12 +426,14 @@ class PositionActivities:
                     position["id"],
                     order["client_order_id"],
                 )
-                await self._record(gateway, order, found, reason)
-                if order["attempt"] != attempt:
-                    resumed += order["submissions"]
-        after = await self.deps.store.get_position(position["id"])
+                await self._record(gateway, order, found, request.reason)
+                recorded = True
+        if not recorded:
+            return None
+        after, sent = await self.deps.store.close_outcome(position["id"], request.attempt)
         if db.is_final(after["status"]):
-            return _result_from_row(after, CloseOutcomeKind.CLOSED, orders_sent=resumed)
+            resumed = sum(o["submissions"] for o in unsettled if o["attempt"] != request.attempt)
+            return _result_from_row(after, CloseOutcomeKind.CLOSED, orders_sent=sent + resumed)
         return None
 
     async def _verify_close(self, gateway: Gateway, order: dict[str, Any], ambiguous: VerifyNeeded) -> CloseResult:
@@ -586,6 +609,28 @@ _TIMEOUT_RULES = frozenset(
     }
 )
 """VERIFY rules about an unknown execution status (not a disguised 'position gone')."""
+
+
+@dataclass
+class Trace:
+    """What one submission wrote last: the position row the fill left (no second read)."""
+
+    position: dict[str, Any]
+
+
+def _count(decision: CloseDecision, exchange: Exchange, position: dict[str, Any]) -> None:
+    """Seed 003's metrics and log lines, per decision."""
+    label = exchange.value
+    if decision.step is CloseStep.GHOST:
+        metrics.GHOST_POSITIONS.labels(label).inc()
+        log.warning(
+            "position %s %s: not on the exchange; ghost, closed without an order", position["id"], position["symbol"]
+        )
+    elif decision.step is CloseStep.ADJUST_THEN_CLOSE:
+        metrics.CLOSE_QUANTITY_MISMATCHES.labels(label).inc()
+        log.warning("position %s: quantity mismatch, %s; closing the exchange's quantity", position["id"], decision.why)
+    elif decision.step is CloseStep.CLOSE_UNVERIFIED:
+        metrics.CLOSE_VALIDATION_FAILURES.labels(label).inc()
 
 
 @dataclass(frozen=True)

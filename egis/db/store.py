@@ -433,7 +433,16 @@ class FillReport:
 async def record_fill(
     conn: AsyncConnection, order_id: int, report: FillReport, *, actor: str, exit_reason: str | None = None
 ) -> OrderOutcome:
-    """Apply an exchange fill report to the order and its position (the intent rule decides).
+    """Apply an exchange fill report to the order and its position (see record_fill_returning)."""
+    outcome, _ = await record_fill_returning(conn, order_id, report, actor=actor, exit_reason=exit_reason)
+    return outcome
+
+
+async def record_fill_returning(
+    conn: AsyncConnection, order_id: int, report: FillReport, *, actor: str, exit_reason: str | None = None
+) -> tuple[OrderOutcome, dict[str, Any]]:
+    """Apply an exchange fill report to the order and its position (the intent rule decides);
+    returns the outcome and the position row as written (no second read).
 
     Idempotent: a report already applied changes nothing. A report that the intent rule refuses
     raises IntentViolation and the caller's transaction writes nothing.
@@ -496,7 +505,7 @@ async def record_fill(
     )
     if is_final(position["status"]):
         await retire_pending_orders(conn, position["id"], f"position closed by order {order['client_order_id']}")
-    return OrderOutcome(
+    outcome = OrderOutcome(
         order_id=order_id,
         client_order_id=order["client_order_id"],
         status=status,
@@ -504,6 +513,7 @@ async def record_fill(
         average_price=report.average_price if inc is not None else order["average_price"],
         position_status=PositionStatus(position["status"]),
     )
+    return outcome, dict(position)
 
 
 def _check_report(order: Mapping[str, Any], report: FillReport) -> None:
@@ -605,11 +615,30 @@ async def begin_close(
     conn: AsyncConnection, position_id: int, attempt: int, quantity: Decimal, *, actor: str, reason: str
 ) -> dict[str, Any]:
     """Mark the position closing and write its reduce-only CLOSE order (idempotent per attempt)."""
+    _, order = await begin_close_returning(conn, position_id, attempt, quantity, actor=actor, reason=reason)
+    return order
+
+
+async def begin_close_returning(
+    conn: AsyncConnection,
+    position_id: int,
+    attempt: int,
+    quantity: Decimal,
+    *,
+    actor: str,
+    reason: str,
+    adjust_to: Decimal | None = None,
+    adjust_reason: str = "",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """begin_close in one transaction with the quantity adjustment that may precede it (seed 003:
+    close the exchange's quantity, audited); returns (position row, order row) as written."""
+    if adjust_to is not None:
+        await adjust_open_quantity(conn, position_id, adjust_to, actor=actor, reason=adjust_reason)
     position = await get_position(conn, position_id, lock=True)
     cid = client_order_id(position["uid"], Intent.CLOSE, attempt)
     existing = (await conn.execute(select(orders).where(orders.c.client_order_id == cid))).mappings().one_or_none()
     if existing is not None:
-        return dict(existing)
+        return position, dict(existing)
     if position["status"] not in (PositionStatus.OPEN.value, PositionStatus.CLOSING.value):
         raise InvalidTransition(f"position {position_id} is {position['status']}: it cannot be closed")
     if quantity <= 0:
@@ -640,8 +669,8 @@ async def begin_close(
     )
     if position["status"] != PositionStatus.CLOSING.value:
         values = {"status": PositionStatus.CLOSING.value}
-        await mutate(conn, positions, position, values, actor=actor, action="close_started", reason=reason)
-    return dict(order)
+        position = await mutate(conn, positions, position, values, actor=actor, action="close_started", reason=reason)
+    return position, dict(order)
 
 
 async def close_without_order(
@@ -797,6 +826,42 @@ class Store:
                 .order_by(orders.c.id)
             )
             return [dict(r) for r in rows.mappings()]
+
+    async def close_snapshot(self, position_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The position and its close orders that were sent but never settled, in one connection."""
+        async with self.engine.connect() as conn:
+            position = await get_position(conn, position_id)
+            rows = await conn.execute(
+                select(orders)
+                .where(
+                    orders.c.position_id == position_id,
+                    orders.c.intent == Intent.CLOSE.value,
+                    orders.c.status == OrderStatus.PENDING.value,
+                    orders.c.submissions > 0,
+                )
+                .order_by(orders.c.id)
+            )
+            return position, [dict(r) for r in rows.mappings()]
+
+    async def close_outcome(self, position_id: int, attempt: int) -> tuple[dict[str, Any], int]:
+        """The position as it ends a close attempt, and the requests that attempt sent, in one read."""
+        sent = (
+            select(func.coalesce(func.sum(orders.c.submissions), 0))
+            .where(
+                orders.c.position_id == position_id,
+                orders.c.intent == Intent.CLOSE.value,
+                orders.c.attempt == attempt,
+            )
+            .scalar_subquery()
+        )
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(positions, sent.label("orders_sent")).where(positions.c.id == position_id)))
+                .mappings()
+                .one()
+            )
+        position = {k: v for k, v in row.items() if k != "orders_sent"}
+        return position, int(row["orders_sent"])
 
     async def close_orders_sent(self, position_id: int, attempt: int) -> int:
         """How many requests the close orders of one close attempt sent to the exchange."""
