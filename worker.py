@@ -41,6 +41,7 @@ from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import Exchange, account_task_queue
 from egis.process import hard_exit
+from egis.selftest import latest_selftest, warning_for
 from egis.temporal import (
     check_search_attributes,
     connect,
@@ -100,6 +101,30 @@ class AccountWorkers:
             )
             self.running[queue] = (worker, asyncio.create_task(worker.run()))
             log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
+            if exchange is not Exchange.PAPER:
+                await self._selftest_notice(exchange, account)
+
+    async def _selftest_notice(self, exchange: Exchange, account: str) -> None:
+        """A WARNING for a live account whose last `egis selftest` found a difference Egis does not
+        handle (or left a position behind); a note for one never selftested."""
+        try:
+            async with self.deps.engine.connect() as conn:
+                run = await latest_selftest(conn, exchange, account)
+        except Exception as exc:
+            log.warning("could not read the last selftest of %s/%s: %s", exchange, account, exc)
+            return
+        if run is None:
+            log.info(
+                "%s/%s has never been selftested: `egis selftest --account %s` checks that the venue behaves "
+                "as Egis assumes",
+                exchange,
+                account,
+                account,
+            )
+            return
+        warning = warning_for(run)
+        if warning:
+            log.warning("%s", warning)
 
     async def _ensure_sync(self, exchange: Exchange, account: str) -> None:
         """A live account gets its exchange-sync schedule as soon as it is discovered, so a
