@@ -485,6 +485,8 @@ async def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 async def cmd_accounts(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
     from egis.client import EgisClient
     from egis.errors import CredentialsMissing
     from egis.exchanges.accounts import load_account
@@ -550,8 +552,8 @@ async def cmd_accounts(args: argparse.Namespace) -> int:
     rows = run["report"] or []
     symbol = rows[0].get("symbol", "?") if rows else "?"
     print(
-        f"  last selftest  run {run['id']}, {cell(run['finished_at'])} UTC, {run['mode']}, {symbol}: "
-        + summary(run["found"], bool(run["found"].get("left_flat")))
+        f"  last selftest  run {run['id']}, {run['finished_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, "
+        f"{run['mode']}, {symbol}: " + summary(run["found"], bool(run["found"].get("left_flat")))
     )
     if rows and rows[0].get("stopped"):
         print(f"                 stopped early: {rows[0]['stopped']}")

@@ -428,6 +428,13 @@ def _q(value: Decimal | None) -> str:
     return "?" if value is None else format(value.normalize(), "f")
 
 
+def _is_zero(value: Any) -> bool:
+    try:
+        return Decimal(str(value)) == 0
+    except ArithmeticError:
+        return False
+
+
 def _unknown_outcome(exc: ExchangeCallError) -> bool:
     return exc.code is None or exc.code == "backoff" or bool(_UNKNOWN_OUTCOME & set(exc.error_names))
 
@@ -575,7 +582,8 @@ class Selftest:
         await self._step("trade_history", self._trade_history, ["trade_history"], reads=True)
 
     async def _clock(self) -> None:
-        offset = await self.gateway.learn_clock()  # ccxt's timeDifference: ours minus the venue's
+        # ccxt's timeDifference (ours minus the venue's), measured now; ccxt signs with it from here on
+        offset = int(await self._raw("read", "read", self.gateway.ccxt.load_time_difference()))
         where = "behind" if offset > 0 else "ahead of"
         answer = f"the venue's clock is {abs(offset)} ms {where} ours" if offset else "the clocks agree (0 ms)"
         self.record("clock", answer, {"offset_ms": offset})
@@ -607,7 +615,7 @@ class Selftest:
                 "read", "read", ex.privateGetV5PositionList({"category": "linear", "symbol": self.symbol})
             )
             rows = answer.get("result", {}).get("list", [])
-            documented = bool(rows) and all(r.get("side") == "" and str(r.get("size")) == "0" for r in rows)
+            documented = bool(rows) and all(r.get("side") == "" and _is_zero(r.get("size")) for r in rows)
             shape = f"{len(rows)} row(s): " + "; ".join(f"side {r.get('side')!r} size {r.get('size')!r}" for r in rows)
         parsed = [self.gateway.parse_position(r) for r in rows]
         through_gateway = await self.gateway.fetch_symbol_positions(self.symbol)
@@ -1076,7 +1084,8 @@ def warning_for(run: Mapping[str, Any] | None) -> str | None:
         return None
     listed = "; ".join(f"{r['check']}: {r['answer']} ({r['egis_does']})" for r in unhandled)
     return (
-        f"the last selftest of {run['scope']} (run {run['id']}, {run['finished_at']:%Y-%m-%d %H:%M} UTC) found "
+        f"the last selftest of {run['scope']} (run {run['id']}, {run['finished_at'].astimezone(UTC):%Y-%m-%d %H:%M} "
+        f"UTC) found "
         f"{len(unhandled)} difference(s) Egis does not handle: {listed}"
     )
 
