@@ -513,6 +513,9 @@ async def cmd_accounts(args: argparse.Namespace) -> int:
         endpoint = {"local": f"local: {config.base_url}", "testnet": "testnet (sandbox)", "live": "LIVE"}[
             account_mode(config)
         ]
+        if exchange is Exchange.PAPER:
+            source = config.price_source.exchange.value if config.price_source else "binanceusdm"
+            endpoint = f"paper: fills in the database at {source} prices"
         credentials = "set" if config.api_key is not None or exchange is Exchange.PAPER else "missing"
     except CredentialsMissing as exc:
         endpoint, credentials = "?", f"missing: {exc}"

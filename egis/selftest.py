@@ -39,6 +39,7 @@ from egis.exchanges.ccxt_gateway import CcxtGateway
 from egis.exchanges.registry import build_gateway
 from egis.models import Exchange, Intent, OrderSide, Side, fixed
 from egis.rules.classify import classify
+from egis.rules.sizing import MarketRules
 from egis.rules.submission import LOOKUP_LAG
 from egis.rules.sync import TheirPosition, untracked
 
@@ -466,9 +467,9 @@ class Selftest:
     unchecked: dict[str, str] = field(default_factory=dict)
     answers: list[tuple[str, int, Mapping[str, str]]] = field(default_factory=list)
     exposure: Decimal = Decimal(0)  # what the selftest's orders could have opened, at most
-    hedge: bool = False
+    hedge: bool | None = None  # None: the position mode could not be read
     sell_ids: set[str] = field(default_factory=set)  # exchange ids of the selftest's sell orders
-    rules: Any = None  # the market's MarketRules
+    rules: MarketRules = field(default_factory=lambda: MarketRules("", Decimal(1), Decimal(1)))  # set by run()
     price: Decimal = Decimal(0)  # its last price when the trading starts
     open_id: str = ""  # the test open's client id
     opened: Decimal = Decimal(0)  # what the test open filled
@@ -555,15 +556,20 @@ class Selftest:
                 raise _Stop(f"{name}: {exc}"[:200]) from exc
 
     # ------------------------------------------------------------ the script
-    async def run(self, rules: Any) -> None:
+    async def run(self, rules: MarketRules) -> None:
         await self._step("clock", self._clock, ["clock"], reads=True)
         await self._step("position_mode", self._position_mode, ["position_mode"], reads=True)
         await self._step("flat_read", self._flat_read, ["flat_read"], reads=True)
         await self._step("unknown_id_lookup", self._unknown_lookup, ["unknown_id_lookup"], reads=True)
         await self._step("history_window", self._history_window, ["history_window"], reads=True)
-        if self.hedge:
+        if self.hedge is not False:
+            why = (
+                "hedge mode: Egis does not trade on this account; switch it to one-way and rerun"
+                if self.hedge
+                else "the position mode could not be read: no order was sent"
+            )
             for check in TRADING_CHECKS:
-                self.skip(check, "hedge mode: Egis does not trade on this account; switch it to one-way and rerun")
+                self.skip(check, why)
             return
         prices = await self.gateway.fetch_tickers([self.symbol])
         if self.symbol not in prices:

@@ -219,6 +219,28 @@ async def test_a_hedge_mode_account_is_reported_and_not_traded(
     assert by_check["flat_read"].verdict == HOLDS and by_check["left_flat"].verdict == HOLDS
 
 
+async def test_nothing_is_traded_when_the_position_mode_cannot_be_read(
+    engine: AsyncEngine, accounts_dir: Path, sim_control: SimulatorControl
+) -> None:
+    await sim_control.add_fault("GET /fapi/v1/positionSide/dual", "http", 3, http_status=502, body="bad gateway")
+    report = await selftest(engine, accounts_dir, BN)
+    by_check = rows(report)
+    assert by_check["position_mode"].verdict == UNCHECKED and "502" in by_check["position_mode"].answer
+    assert {c for c, r in by_check.items() if r.answer == "the position mode could not be read: no order was sent"} == {
+        "open_readback",
+        "market_answer",
+        "lookup_after_fill",
+        "reuse_filled_id",
+        "reduce_only_larger",
+        "reduce_only_flat",
+        "min_refusal",
+        "reduce_only_min_exempt",
+        "trade_history",
+    }
+    assert await sim_control.orders(SIM_KEYS["binanceusdm"][0]) == []
+    assert by_check["clock"].verdict == HOLDS and report.flat
+
+
 async def test_a_lagging_bybit_look_up_is_timed(
     engine: AsyncEngine, accounts_dir: Path, sim_control: SimulatorControl
 ) -> None:
