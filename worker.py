@@ -13,8 +13,9 @@ Reads DATABASE_URL and the Temporal client configuration (egis/temporal.py: prof
 variables, env or .env), or the embedded stack started by `egis dev up`. At start it applies
 pending migrations (under an advisory lock, so replicas can start together), checks the search
 attributes (adding them only where allowed and asked), and creates the maintenance schedules
-that do not exist yet (safe defaults; an account's sync when it is discovered). Stops
-gracefully on SIGINT / SIGTERM.
+that do not exist yet (safe defaults; an account's sync when it is discovered). When it starts
+serving a live account whose last `egis selftest` found a difference Egis does not handle, it
+logs a WARNING naming it. Stops gracefully on SIGINT / SIGTERM.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`egis selftest`: prove on the operator's own testnet account that the venue behaves as Egis assumes.
 
-Egis's safety rests on assumptions about each venue (`../shared/notes/exchange-fidelity.md` lists them
-with their sources; several could not be confirmed anywhere but on a real account). The selftest runs a
+Egis's safety rests on assumptions about each venue (the exchange-fidelity notes list them with their
+sources; several could not be confirmed anywhere but on a real account). The selftest runs a
 short, bounded script of real calls through the same gateway Egis uses (`CcxtGateway`: its back-off,
 its clock, its parsing), with the smallest quantities the market allows, and reports one row per
 assumption: what Egis assumes, what the venue answered, holds / differs / could not check, and what

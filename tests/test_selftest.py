@@ -421,6 +421,9 @@ async def test_the_command_and_accounts_show(
 
     code, out, err = await _cli(repo_root, database_url, accounts_dir, "accounts", "show", "sim-bybit")
     assert code == 0 and "last selftest  never: run `egis selftest --account sim-bybit`" in out
+    code, out, err = await _cli(repo_root, database_url, accounts_dir, "accounts", "show", "paper-1")
+    assert code == 0 and "endpoint       paper: fills in the database at binanceusdm prices" in out
+    assert "last selftest  never\n" in out
 
     live = accounts_dir / "live-one.json"
     live.write_text('{"exchange": "bybit", "api_key": "k", "secret": "s"}')
