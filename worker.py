@@ -13,8 +13,9 @@ Reads DATABASE_URL and the Temporal client configuration (egis/temporal.py: prof
 variables, env or .env), or the embedded stack started by `egis dev up`. At start it applies
 pending migrations (under an advisory lock, so replicas can start together), checks the search
 attributes (adding them only where allowed and asked), and creates the maintenance schedules
-that do not exist yet (safe defaults; an account's sync when it is discovered). Stops
-gracefully on SIGINT / SIGTERM.
+that do not exist yet (safe defaults; an account's sync when it is discovered). When it starts
+serving a live account whose last `egis selftest` found a difference Egis does not handle, it
+logs a WARNING naming it. Stops gracefully on SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import AccountInput, Exchange, account_task_queue, stream_workflow_id
 from egis.process import hard_exit
+from egis.selftest import latest_selftest, warning_for
 from egis.temporal import (
     check_search_attributes,
     connect,
@@ -103,6 +105,30 @@ class AccountWorkers:
             )
             self.running[queue] = (worker, asyncio.create_task(worker.run()))
             log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
+            if exchange is not Exchange.PAPER:
+                await self._selftest_notice(exchange, account)
+
+    async def _selftest_notice(self, exchange: Exchange, account: str) -> None:
+        """A WARNING for a live account whose last `egis selftest` found a difference Egis does not
+        handle (or left a position behind); a note for one never selftested."""
+        try:
+            async with self.deps.engine.connect() as conn:
+                run = await latest_selftest(conn, exchange, account)
+        except Exception as exc:
+            log.warning("could not read the last selftest of %s/%s: %s", exchange, account, exc)
+            return
+        if run is None:
+            log.info(
+                "%s/%s has never been selftested: `egis selftest --account %s` checks that the venue behaves "
+                "as Egis assumes",
+                exchange,
+                account,
+                account,
+            )
+            return
+        warning = warning_for(run)
+        if warning:
+            log.warning("%s", warning)
 
     async def _ensure_sync(self, exchange: Exchange, account: str) -> None:
         """A live account gets its exchange-sync schedule as soon as it is discovered, so a

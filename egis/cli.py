@@ -482,6 +482,112 @@ async def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_selftest(args: argparse.Namespace) -> int:
+    from egis.db.engine import make_engine
+    from egis.models import SYMBOL_RE, Exchange
+    from egis.selftest import render, run_selftest
+
+    if not SYMBOL_RE.fullmatch(args.symbol):
+        raise InvalidInput(f"invalid symbol {excerpt(args.symbol)}: e.g. BTCUSDT")
+    settings = settings_from(args)
+    engine = make_engine(settings.require_database_url(), pool_size=2)
+    try:
+        report = await run_selftest(
+            engine,
+            settings.resolved_accounts_dir,
+            args.account,
+            exchange=Exchange(args.exchange) if args.exchange else None,
+            symbol=args.symbol,
+            allow_live=args.real_money,
+            actor=actor(),
+        )
+    finally:
+        await engine.dispose()
+    print(to_json(report.as_dict()) if args.json else render(report))
+    return EXIT_OK if report.ok else EXIT_REFUSED
+
+
+async def cmd_accounts(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from egis.client import EgisClient
+    from egis.errors import CredentialsMissing
+    from egis.exchanges.accounts import load_account
+    from egis.models import ACCOUNT_RE, Exchange
+    from egis.selftest import account_exchange, account_mode, latest_selftest, render_rows, summary
+
+    if not ACCOUNT_RE.fullmatch(args.account):
+        raise InvalidInput(f"invalid account reference {excerpt(args.account)}")
+    settings = settings_from(args)
+    async with EgisClient.from_settings(settings, temporal=False) as client:
+        bots = [b for b in await client.list_bots() if b.account == args.account]
+        exchange = (
+            Exchange(args.exchange)
+            if args.exchange
+            else account_exchange(args.account, settings.resolved_accounts_dir)
+            or next((b.exchange for b in bots), None)
+        )
+        if exchange is None:
+            raise InvalidInput(f"account {args.account!r}: no account file or bot names its exchange; give --exchange")
+        async with client.engine.connect() as conn:
+            run = await latest_selftest(conn, exchange, args.account)
+    try:
+        config = load_account(args.account, exchange, settings.resolved_accounts_dir)
+        endpoint = {"local": f"local: {config.base_url}", "testnet": "testnet (sandbox)", "live": "LIVE"}[
+            account_mode(config)
+        ]
+        if exchange is Exchange.PAPER:
+            source = config.price_source.exchange.value if config.price_source else "binanceusdm"
+            endpoint = f"paper: fills in the database at {source} prices"
+        credentials = "set" if config.api_key is not None or exchange is Exchange.PAPER else "missing"
+    except CredentialsMissing as exc:
+        endpoint, credentials = "?", f"missing: {exc}"
+    view = {
+        "account": args.account,
+        "exchange": exchange.value,
+        "endpoint": endpoint,
+        "credentials": credentials,
+        "bots": [b.name for b in bots],
+        "last_selftest": None
+        if run is None
+        else {
+            "run_id": run["id"],
+            "finished_at": run["finished_at"],
+            "mode": run["mode"],
+            "actor": run["actor"],
+            "found": run["found"],
+            "rows": run["report"],
+        },
+    }
+    if args.json:
+        print(to_json(view))
+        return EXIT_OK
+    print(f"account {args.account}")
+    print(f"  exchange       {exchange.value}")
+    print(f"  endpoint       {endpoint}")
+    print(f"  credentials    {credentials}")
+    print(f"  bots           {', '.join(view['bots']) or 'none'}")
+    if run is None:
+        hint = (
+            ""
+            if exchange is Exchange.PAPER
+            else f": run `egis selftest --account {args.account}` before the first trade"
+        )
+        print(f"  last selftest  never{hint}")
+        return EXIT_OK
+    rows = run["report"] or []
+    symbol = rows[0].get("symbol", "?") if rows else "?"
+    print(
+        f"  last selftest  run {run['id']}, {run['finished_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, "
+        f"{run['mode']}, {symbol}: " + summary(run["found"], bool(run["found"].get("left_flat")))
+    )
+    if rows and rows[0].get("stopped"):
+        print(f"                 stopped early: {rows[0]['stopped']}")
+    print()
+    print(render_rows(rows))
+    return EXIT_OK
+
+
 def cmd_simulator(args: argparse.Namespace) -> int:
     from egis.simulator.server import run_standalone
 
@@ -643,6 +749,32 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("name", help="schedule id, or its suffix (e.g. reconcile-paper)")
         p.set_defaults(func=cmd_schedules)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="check on a testnet account, with real minimum-size orders, that the venue behaves as Egis assumes",
+    )
+    _common(selftest)
+    selftest.add_argument("--account", required=True, help="account reference (its file or EGIS_ACCOUNT_* variables)")
+    selftest.add_argument("--symbol", default="BTCUSDT", help="the market it trades in (default BTCUSDT)")
+    selftest.add_argument("--exchange", choices=["binanceusdm", "bybit"], help="when the account file does not name it")
+    selftest.add_argument(
+        "--i-understand-this-trades-real-money",
+        dest="real_money",
+        action="store_true",
+        help="allow a live account (no sandbox, no base_url): the selftest places real orders",
+    )
+    selftest.add_argument("--json", action="store_true")
+    selftest.set_defaults(func=cmd_selftest)
+
+    accounts = sub.add_parser("accounts", help="exchange accounts")
+    accounts_sub = accounts.add_subparsers(dest="accounts_command", required=True, parser_class=_Parser)
+    show_account = accounts_sub.add_parser("show", help="an account: endpoint, bots, its last selftest")
+    _common(show_account)
+    show_account.add_argument("account")
+    show_account.add_argument("--exchange", choices=["binanceusdm", "bybit", "paper"])
+    show_account.add_argument("--json", action="store_true")
+    show_account.set_defaults(func=cmd_accounts)
 
     simulator = sub.add_parser("simulator", help="run a local exchange simulator (tests, demo; never production)")
     simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])

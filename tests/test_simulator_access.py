@@ -128,6 +128,30 @@ async def test_bybit_rate_limit_headers(make_exchange: MakeExchange) -> None:
     assert (h["x-bapi-limit"], h["x-bapi-limit-status"]) == ("10", "8")
 
 
+@pytest.mark.parametrize("exchange_id", ["binanceusdm", "bybit"])
+async def test_rate_limit_headers_can_be_switched_off(
+    exchange_id: str, make_exchange: MakeExchange, control: SimulatorControl
+) -> None:
+    """The setting exists for `egis selftest`'s "differs" row: no rate-limit header on any answer, not
+    even on an order; a throttling answer keeps its Retry-After (it is part of that answer)."""
+    ex = make_exchange(exchange_id)
+    await ex.load_markets()
+    names = {"binanceusdm": "x-mbx-used-weight-1m", "bybit": "x-bapi-limit"}
+    assert names[exchange_id] in headers(ex)
+    await control.settings(rate_limit_headers=False)
+    await ex.fetch_positions([BTC])
+    await market_order(ex, "buy", 0.002, "o-1")
+    assert not [h for h in headers(ex) if h.startswith(("x-mbx-", "x-bapi-"))]
+    await control.add_fault(PRIVATE_ROUTE[exchange_id], "rate_limit")
+    with pytest.raises((ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
+        await ex.fetch_balance()
+    if exchange_id == "binanceusdm":
+        assert "retry-after" in headers(ex)
+    await control.settings(rate_limit_headers=True)
+    await ex.fetch_positions([BTC])
+    assert names[exchange_id] in headers(ex)
+
+
 # ---------------------------------------------------------------------------------------- limits and bans
 
 

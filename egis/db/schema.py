@@ -243,8 +243,8 @@ maintenance_runs = Table(
     "maintenance_runs",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("kind", Text, nullable=False),  # exchange_sync | reconcile_paper | cleanup_phantom_shorts
-    Column("mode", Text, nullable=False),  # dry_run | fix | confirm | observe
+    Column("kind", Text, nullable=False),  # exchange_sync | reconcile_paper | cleanup_phantom_shorts | selftest
+    Column("mode", Text, nullable=False),  # dry_run | fix | confirm | observe; selftest: testnet | local | live
     Column("actor", Text, nullable=False),
     Column("started_at", TS, nullable=False, server_default=func.now()),
     Column("finished_at", TS),

@@ -194,17 +194,20 @@ class CcxtGateway:
                 retry_after=left,
             )
 
-    async def _call(self, operation: Operation, awaitable: Awaitable[R]) -> R:
+    async def _call(
+        self, operation: Operation, awaitable: Awaitable[R], seen: list[tuple[int, Any]] | None = None
+    ) -> R:
         """One request (or a ccxt call that makes a few). Refused locally during a back-off; a
         throttling answer starts the account's shared back-off; a timestamp refusal re-learns the
-        venue's clock (a read is then retried once: it changed nothing)."""
+        venue's clock (a read is then retried once: it changed nothing). `seen` collects the
+        (HTTP status, headers) of each answer."""
         try:
             await self.check_backoff()
         except ExchangeCallError as refused:
             refused.operation = operation
             _close_quietly(awaitable)
             raise
-        seen: list[tuple[int, Any]] = []
+        seen = [] if seen is None else seen
         token = _RESPONSES.set(seen)
         try:
             return await awaitable
@@ -220,6 +223,28 @@ class CcxtGateway:
             raise error from None
         finally:
             _RESPONSES.reset(token)
+
+    # ------------------------------------------------------------ raw access (egis selftest)
+    @property
+    def ccxt(self) -> Any:
+        """The ccxt instance, for the selftest's requests that Egis itself never makes (a reused
+        client id, an oversized reduce-only order); send them through `call`."""
+        return self._ex
+
+    async def call(
+        self, operation: Operation, awaitable: Awaitable[R], responses: list[tuple[int, Any]] | None = None
+    ) -> R:
+        """A raw ccxt call with the gateway's back-off and clock handling; `responses` collects the
+        (HTTP status, headers) of its answers."""
+        return await self._call(operation, awaitable, responses)
+
+    async def ccxt_symbol(self, symbol: str) -> str:
+        """BTCUSDT -> BTC/USDT:USDT (the markets are loaded first)."""
+        return await self._ccxt_symbol(symbol)
+
+    def parse_position(self, info: dict[str, Any]) -> ExchangePosition | None:
+        """What the gateway makes of one raw position row (None: flat)."""
+        return self._parse_position(info)
 
     async def learn_clock(self) -> int:
         """Measure the venue's clock; ccxt signs with `now - timeDifference` from then on."""

@@ -89,7 +89,8 @@ class SimulatorControl:
         ``bybit_reduce_only_code`` (110017 | 170131), ``bybit_reduce_only_min_notional_exempt`` (True),
         ``bybit_reduce_only_min_qty_exempt`` (False),
         ``binance_reject_reused_client_id`` (False), ``binance_market_new_answer`` (False),
-        ``bybit_realtime_closed_cap`` (500), ``bybit_history_delay_ms`` (500), ``check_signatures`` (True),
+        ``bybit_realtime_closed_cap`` (500), ``bybit_history_delay_ms`` (500), ``rate_limit_headers`` (True: off
+        drops the venues' rate-limit headers, for the selftest's tests), ``check_signatures`` (True),
         ``clock_offset_ms`` (0), ``binance_weight_limit`` (2400), ``binance_order_limit_10s`` (300),
         ``binance_order_limit_1m`` (1200), ``binance_ban_seconds`` (120), ``bybit_ip_limit`` (600 per 5 s),
         ``bybit_ip_ban_seconds`` (600), ``bybit_endpoint_limit`` (0: each endpoint's documented limit),

@@ -363,6 +363,11 @@ class Settings:
     Look-ups:
       bybit_realtime_closed_cap: how many closed orders per account /v5/order/realtime keeps.
       bybit_history_delay_ms: how long after its last update an order appears in /v5/order/history.
+    Answers:
+      rate_limit_headers: send the venues' rate-limit headers on every answer (Binance
+        ``X-MBX-USED-WEIGHT-1M`` and the order counts, Bybit ``X-Bapi-Limit*``). Off exists to test
+        ``egis selftest``'s "differs" row for a venue (or a proxy in front of it) that drops them;
+        ``Retry-After`` on a throttling answer is part of that answer and stays.
     Authentication and clock:
       check_signatures: verify request signatures and timestamps (unknown API keys are refused anyway).
       clock_offset_ms: added to the wall clock to give the simulator's clock (server time, order times,
@@ -382,6 +387,7 @@ class Settings:
     binance_market_new_answer: bool = False
     bybit_realtime_closed_cap: int = 500
     bybit_history_delay_ms: int = 500
+    rate_limit_headers: bool = True
     check_signatures: bool = True
     clock_offset_ms: int = 0
     binance_weight_limit: int = 2400

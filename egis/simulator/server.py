@@ -190,7 +190,8 @@ def _exchange_middleware(
         else:
             refusal = front_end.admit(request, api_key)
             response = await _answer(fault, front_end, refusal, request, handler)
-            front_end.decorate(request, response, api_key)
+            if core.settings.rate_limit_headers:
+                front_end.decorate(request, response, api_key)
         if fault is not None and fault.kind is FaultKind.ACCEPT_THEN_TIMEOUT:
             await _hold(stopping, fault.seconds)
         return response
