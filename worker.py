@@ -6,8 +6,11 @@
   activities;
 - one task queue per exchange account (`egis-<exchange>-<account>`) runs the activities that
   call that exchange, with the queue's activity rate limit set from the exchange's published
-  limits, so the limit holds across any number of workers. Accounts are discovered from the
-  bots table, and new ones are picked up while running.
+  limits once on the cluster (egis/queues.py), so the limit holds across any number of workers.
+  Accounts are discovered from the bots table, and new ones are picked up while running.
+
+With `EGIS_BUILD_ID` set, every worker of the process runs as the Worker Deployment Version
+(`EGIS_DEPLOYMENT_NAME`, `EGIS_BUILD_ID`) (egis/versioning.py, docs/operations.md).
 
 Reads DATABASE_URL and the Temporal client configuration (egis/temporal.py: profile, TEMPORAL_*
 variables, env or .env), or the embedded stack started by `egis dev up`. At start it applies
@@ -32,7 +35,7 @@ from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
-from egis import faults, redact, schedules
+from egis import faults, redact, schedules, versioning
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
@@ -41,6 +44,7 @@ from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import Exchange, account_task_queue
 from egis.process import hard_exit
+from egis.queues import set_queue_rate_limit
 from egis.temporal import (
     check_search_attributes,
     connect,
@@ -92,11 +96,14 @@ class AccountWorkers:
             if queue in self.running:
                 continue
             limit = rate_limit(exchange, account, self.deps.settings)
+            # once for the queue, on the cluster; the Worker passes the same value with its polls
+            await set_queue_rate_limit(self.client, queue, limit, f"egis: {exchange.value} account {account}")
             worker = Worker(
                 self.client,
                 task_queue=queue,
                 activities=account_queue_activities(self.deps),
                 max_task_queue_activities_per_second=limit,
+                deployment_config=versioning.deployment_config(self.deps.settings),
             )
             self.running[queue] = (worker, asyncio.create_task(worker.run()))
             log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
@@ -135,6 +142,7 @@ def build_main_worker(client: Client, deps: Deps) -> Worker:
         # a payload that fails validation fails the workflow with a clear error instead of
         # retrying its task forever
         workflow_failure_exception_types=[ValidationError],
+        deployment_config=versioning.deployment_config(deps.settings),
     )
 
 
@@ -158,15 +166,34 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         for sid in await schedules.ensure(client, settings.task_queue, [], maintenance=True):
             log.info("created schedule %s (safe defaults: dry run)", sid)
     accounts = AccountWorkers(client, deps)
-    log.info("worker ready: task queue %s on %s", settings.task_queue, temporal.describe())
+    version = versioning.deployment_version(settings)
+    as_version = f", version {version.to_canonical_string()}" if version else ", unversioned"
+    log.info("worker ready: task queue %s on %s%s", settings.task_queue, temporal.describe(), as_version)
+    promote: asyncio.Task[bool] | None = None
     try:
         async with build_main_worker(client, deps):
+            if version is not None and settings.promote_first_version:
+                promote = asyncio.create_task(_promote_first(client, version))
             await accounts.run(stop)
     finally:
+        if promote is not None:
+            promote.cancel()
         await accounts.shutdown()
         await deps.gateways.close()
         await engine.dispose()
         log.info("worker stopped")
+
+
+async def _promote_first(client: Client, version: versioning.WorkerDeploymentVersion) -> bool:
+    """A first deploy: no version of the deployment is current yet, so this one becomes current."""
+    try:
+        promoted = await versioning.promote_if_first(client, version)
+    except Exception as exc:  # never stop the worker for this: the operator can set it by hand
+        log.warning("could not check the deployment's current version: %s", exc)
+        return False
+    if promoted:
+        log.info("deployment %s had no current version: made %s current", version.deployment_name, version.build_id)
+    return promoted
 
 
 def main() -> None:

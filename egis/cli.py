@@ -278,7 +278,9 @@ async def cmd_open(args: argparse.Namespace) -> int:
 
     request = OpenPositionInput(bot=args.bot, symbol=args.symbol, side=args.side, usd=args.usd, ref=args.ref)
     async with EgisClient.from_settings(settings_from(args)) as client:
-        view = await client.open_position(request, wait=None if args.no_wait else args.timeout)
+        view = await client.open_position(
+            request, wait=None if args.no_wait else args.timeout, started_by=f"egis open ({actor()})"
+        )
     if args.json:
         print(to_json(view))
     elif view.status == "open":
