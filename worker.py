@@ -133,11 +133,11 @@ class AccountWorkers:
         await asyncio.gather(*(task for _, task in self.running.values()), return_exceptions=True)
 
 
-def build_main_worker(client: Client, deps: Deps) -> Worker:
+def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None = None) -> Worker:
     return Worker(
         client,
         task_queue=deps.settings.task_queue,
-        workflows=ALL_WORKFLOWS,
+        workflows=ALL_WORKFLOWS if workflows is None else workflows,
         activities=main_queue_activities(deps),
         # a payload that fails validation fails the workflow with a clear error instead of
         # retrying its task forever
