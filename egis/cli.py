@@ -467,10 +467,17 @@ async def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     options = resolve_connect_options(settings)
+    from temporalio.service import RPCError, RPCStatusCode
+
     client = await connect(options)
-    report = await replay_cluster(
-        client, query=args.query, closed_within_hours=args.closed_within_hours, limit=args.limit
-    )
+    try:
+        report = await replay_cluster(
+            client, query=args.query, closed_within_hours=args.closed_within_hours, limit=args.limit
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise InvalidInput(f"the visibility query was refused: {exc.message[:200]}") from None
+        raise
     if args.json:
         print(
             to_json(
