@@ -52,7 +52,7 @@ from egis.temporal import (
     register_search_attributes_by_default,
     resolve_connect_options,
 )
-from workflows.registry import ALL_WORKFLOWS
+from workflows.registry import workflows_for
 
 log = logging.getLogger("egis.worker")
 
@@ -134,15 +134,17 @@ class AccountWorkers:
 
 
 def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None = None) -> Worker:
+    deployment = versioning.deployment_config(deps.settings)
     return Worker(
         client,
         task_queue=deps.settings.task_queue,
-        workflows=ALL_WORKFLOWS if workflows is None else workflows,
+        # a versioning behaviour only with a deployment version (workflows/unversioned.py)
+        workflows=workflows_for(deployment is not None) if workflows is None else workflows,
         activities=main_queue_activities(deps),
         # a payload that fails validation fails the workflow with a clear error instead of
         # retrying its task forever
         workflow_failure_exception_types=[ValidationError],
-        deployment_config=versioning.deployment_config(deps.settings),
+        deployment_config=deployment,
     )
 
 

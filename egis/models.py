@@ -548,9 +548,16 @@ def plain(value: object, unknown: str = "—") -> str:
     return unknown if value is None else str(value)
 
 
+def usd(value: Decimal) -> str:
+    """Dollars for people: `$100` for a whole amount, `$100.50` otherwise."""
+    if value == value.to_integral_value():
+        return f"${format(value.to_integral_value(), 'f')}"
+    return f"${format(value.quantize(Decimal('0.01')), 'f')}"
+
+
 def position_summary(request: OpenPositionInput) -> str:
     """The one-line static summary of a position workflow: `alpha: long BTCUSDT $100, ref sig-42`."""
-    return f"{request.bot}: {request.side.value} {request.symbol} ${plain(request.usd)}, ref {request.ref}"
+    return f"{request.bot}: {request.side.value} {request.symbol} {usd(request.usd)}, ref {request.ref}"
 
 
 def position_static_details(request: OpenPositionInput, context: BotContext | None, started_by: str) -> str:
@@ -559,7 +566,7 @@ def position_static_details(request: OpenPositionInput, context: BotContext | No
         ("bot", request.bot),
         ("side", request.side.value),
         ("symbol", request.symbol),
-        ("size", f"${plain(request.usd)}"),
+        ("size", usd(request.usd)),
         ("reference", request.ref),
     ]
     if context is not None:
@@ -574,5 +581,5 @@ def position_static_details(request: OpenPositionInput, context: BotContext | No
                 )
             )
     rows.append(("started by", started_by))
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"**Position {position_summary(request)}**\n\n| | |\n|---|---|\n{table}\n"
+    items = "\n".join(f"- **{k}**: {v}" for k, v in rows)
+    return f"**Position {position_summary(request)}**\n\n{items}\n"

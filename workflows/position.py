@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         excerpt,
         plain,
         position_summary,
+        usd,
     )
     from egis.rules.aged import aged_phase
 
@@ -248,7 +249,7 @@ class PositionWorkflow:
         where = f" on {ctx.exchange.value}/{ctx.account}" if ctx else ""
         qty = f" {plain(s.quantity)}" if s.quantity is not None else ""
         rows = [
-            ("status", f"**{s.status}**"),
+            ("status", s.status),
             ("quantity", plain(s.quantity)),
             ("entry price", plain(s.entry_price)),
             ("exit price", plain(self._exit_price)),
@@ -256,13 +257,13 @@ class PositionWorkflow:
             ("exit reason", self._exit_reason or "—"),
             ("aged phase", self._aged_phase or "—"),
             ("close attempts", str(s.close_attempts)),
-            ("last error", s.last_error[:300].replace("|", "/").replace("\n", " ") if s.last_error else "—"),
+            ("last error", s.last_error[:300].replace("\n", " ") if s.last_error else "—"),
             ("position id", plain(s.position_id)),
         ]
-        table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+        items = "\n".join(f"- **{k}**: {v}" for k, v in rows)
         workflow.set_current_details(
             f"**{s.status}**: {r.side.value}{qty} {r.symbol}{where} ({position_summary(r)})\n\n"
-            f"| | |\n|---|---|\n{table}\n\n**Waiting for:** {self._waiting}\n"
+            f"{items}\n\n**Waiting for:** {self._waiting}\n"
         )
 
     def _account_queue(self) -> str:
@@ -314,7 +315,7 @@ class PositionWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=OPEN_DEADLINE,
                 retry_policy=READ_RETRY,
-                summary=f"price and size ${plain(r.usd)} of {r.symbol} on {where}; check the account holds nothing",
+                summary=f"price and size {usd(r.usd)} of {r.symbol} on {where}; check the account holds nothing",
             )
             reserved = await workflow.execute_activity(
                 "reserve_position",
@@ -331,7 +332,7 @@ class PositionWorkflow:
                 result_type=ReservedPosition,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
-                summary=f"reserve ${plain(r.usd)} of {r.bot}'s budget; position {plain(plan.quantity)} {r.symbol}",
+                summary=f"reserve {usd(r.usd)} of {r.bot}'s budget; position {plain(plan.quantity)} {r.symbol}",
             )
         except ActivityError as exc:
             return await self._refuse(exc, "open refused")
