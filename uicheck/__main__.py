@@ -11,6 +11,8 @@ worker) on free ports with the exchange simulator, creates bots `alpha` (Bybit) 
    static details and its current details (status, quantity, entry price as a plain decimal,
    what it waits for) are shown;
 3. opens the event history: the activities carry their summaries;
+4. closes `pos-alpha-sig-43` from the UI (More Actions > Send an Update > `request_close`,
+   `{"reason": "manual"}`) and sees it completed, its details saying closed, exit reason manual;
 
 and saves a screenshot of each step under `--out` (default docs/ui). Exits 0 when every check
 holds, 1 with one line naming what the page did not show, 2 when the check could not run.
@@ -43,6 +45,7 @@ D = Decimal
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "ui"
 BYBIT_KEY = "uicheck-bybit-key"
 WATCHED = "pos-alpha-sig-42"
+CLOSED_FROM_UI = "pos-alpha-sig-43"
 SUMMARY = "alpha: long BTCUSDT $100, ref sig-42"
 
 
@@ -129,6 +132,39 @@ async def check_ui(page: Page, ui: str, runs: dict[str, str], out: Path) -> list
     await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     await asyncio.sleep(1.0)
     shots.append(await page.screenshot(out / "3-position-event-history.png"))
+
+    # 4. close another position from the UI, with the validated request_close update
+    await page.goto(f"{ui}/namespaces/{namespace}/workflows/{CLOSED_FROM_UI}/{runs[CLOSED_FROM_UI]}/history")
+    pick = """(() => {
+        const option = [...document.querySelectorAll('dialog[open] [role=listbox] [role=option]')]
+            .find(o => o.textContent.includes('request_close'));
+        if (!option) return false;
+        option.click();
+        return true;
+    })()"""
+    try:
+        await page.click_text("More Actions", "the More Actions menu")
+        await page.click_text(
+            "Send an Update", "Send an Update in More Actions", selector="[role=menuitem], li, button"
+        )
+        await page.wait_for(pick, "request_close in the update picker (the workflow's update definitions)")
+        await page.wait_for_text(["Close the position and wait for the outcome"], "the update's description")
+        await page.type_into("dialog[open] .cm-content", '{"reason": "manual"}', "the update's Data editor")
+        await asyncio.sleep(0.5)
+        shots.append(await page.screenshot(out / "4-close-with-request-close.png"))
+        await page.click_text(
+            "Submit", "the enabled Submit button", selector="dialog[open] button[type=submit]:not([disabled])"
+        )
+        await page.goto(f"{ui}/namespaces/{namespace}/workflows/{CLOSED_FROM_UI}/{runs[CLOSED_FROM_UI]}/history")
+        await page.wait_for(contains("COMPLETED"), f"{CLOSED_FROM_UI} to complete after the update", timeout=60)
+        await page.click_text("User Metadata", "the User Metadata tab")
+        await page.wait_for_text(
+            ["closed", "exit reason", "manual", "nothing: the position is final"], "the closed position's details"
+        )
+    except BrowserError as exc:
+        raise CheckFailed(f"closing {CLOSED_FROM_UI} from the UI: {exc}") from None
+    await asyncio.sleep(1.0)
+    shots.append(await page.screenshot(out / "5-closed-from-the-ui.png"))
     return shots
 
 

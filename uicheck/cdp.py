@@ -164,6 +164,18 @@ class Page:
         }})()"""
         await self.wait_for(script, what)
 
+    async def type_into(self, selector: str, text: str, what: str) -> None:
+        """Focus the element (an input, or a code editor's contenteditable) and type `text`."""
+        focused = f"""(() => {{
+            const el = document.querySelector({json.dumps(selector)});
+            if (!el) return false;
+            el.scrollIntoView({{block: 'center'}});
+            el.focus();
+            return document.activeElement === el || el.contains(document.activeElement);
+        }})()"""
+        await self.wait_for(focused, what)
+        await self.send("Input.insertText", {"text": text})
+
     async def screenshot(self, path: Path, *, full_page: bool = False) -> Path:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
