@@ -68,13 +68,27 @@ ACTIVITIES_PER_SECOND: dict[Exchange, float | None] = {
 DISCOVERY_INTERVAL = 5.0
 
 
-def rate_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
-    """The exchange's default, unless the account file sets `activities_per_second`."""
+QUEUE_HEADROOM = 0.85
+"""An account queue runs at 85 % of the venue's limit. Temporal's queue limiter is a token bucket
+that lets about one second's worth through at once on top of the rate, so a 10 s window can hold
+11 s worth: at the full limit a burst from three workers reached 10.9/s at the exchange over a
+10 s window (bench section 7). At 85 % it stays below the venue's limit (about 9.35/s)."""
+
+
+def venue_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
+    """The venue's limit for the account (activities/s): the exchange's default, unless the
+    account file sets `activities_per_second` (0: none)."""
     with contextlib.suppress(EgisError):
         override = load_account(account, exchange, settings.resolved_accounts_dir).activities_per_second
         if override is not None:
             return override or None
     return ACTIVITIES_PER_SECOND[exchange]
+
+
+def rate_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
+    """The account queue's activity rate limit: the venue's limit less the headroom (None: none)."""
+    venue = venue_limit(exchange, account, settings)
+    return round(venue * QUEUE_HEADROOM, 2) if venue else None
 
 
 class AccountWorkers:

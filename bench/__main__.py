@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import budget, close_latency, ghosts, maintenance, open_latency, throughput
+from bench import budget, close_latency, ghosts, maintenance, open_latency, rate_limit, throughput
 from bench.config import FULL, QUICK, Sizes
 from bench.env import BenchEnv, bench_env
 from bench.report import INVARIANTS, SectionResult, document, render, write
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Section] = {
     "4": maintenance.run,
     "5": budget.run,
     "6": open_latency.run,
+    "7": rate_limit.run,
 }
 
 

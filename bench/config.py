@@ -23,6 +23,7 @@ class Sizes:
     opens: int = 20  # section 6: opens, one after the other (and as many of each baseline)
     reservations: int = 200  # section 5: concurrent reservations
     budget_repeats: int = 3  # section 5: contended / spread runs, alternated
+    rate_burst: int = 120  # section 7: activities in the burst on one rate-limited account (10/s: 12 s)
 
     def accounts(self) -> dict[str, int]:
         """Simulator accounts per group: `lc` for sections 1 and 2 (all positions of section 1 are
@@ -58,4 +59,5 @@ FULL = Sizes(
     maintenance_rows=(10_000, 100_000, 1_000_000),
     maintenance_runs=5,
     opens=150,
+    rate_burst=300,
 )

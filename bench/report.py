@@ -15,11 +15,18 @@ from typing import Any
 
 from egis.output import plain, table
 
-INVARIANTS = ("ghost_orders_sent", "budget_overspend", "maintenance_missed", "maintenance_unexpected")
+INVARIANTS = (
+    "ghost_orders_sent",
+    "budget_overspend",
+    "maintenance_missed",
+    "maintenance_unexpected",
+    "rate_limit_exceeded",
+)
 """ghost_orders_sent: orders the simulator received for positions it had already closed;
 budget_overspend: max(0, reserved - budget) after concurrent reservations on one bot;
 maintenance_missed / _unexpected: planted paper mismatches and phantom shorts not found / found
-although not planted."""
+although not planted; rate_limit_exceeded: requests a rate-limited account received while the
+10 s before them already held the limit's worth (section 7, three workers)."""
 
 Value = float | int | str | None
 

@@ -49,7 +49,10 @@ async def set_queue_rate_limit(client: Client, queue: str, per_second: float | N
     is in force on the cluster, False when the server refuses it for good (an older server, no
     permission: the per-worker value still applies); raises when the server is unreachable."""
     try:
-        if await queue_rate_limit(client, queue) == per_second:
+        current = await queue_rate_limit(client, queue)
+        if current == per_second or (
+            current is not None and per_second is not None and abs(current - per_second) < 1e-3
+        ):
             return True
         update = UpdateTaskQueueConfigRequest.RateLimitUpdate(reason=reason[:200])
         if per_second is not None:
