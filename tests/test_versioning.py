@@ -184,6 +184,10 @@ async def test_rollout_from_build_a_to_build_b_and_the_replay_gate(
             assert (await described.memo_value("build")) == "B"  # B's code ran the close
             assert (await versioning_info(temporal, workflow_id))[1] == "B"
 
+        # ---- the default scope (running, or closed within 24 h) is a query the server accepts
+        names = [w.__temporal_workflow_definition.name for w in ALL_WORKFLOWS]  # type: ignore[attr-defined]
+        assert (await temporal.count_workflows(scope_query(names))).count >= len(ids)
+
         # ---- the gate after the fact: B still replays; an unpatched change is caught, per workflow
         assert (await replay_cluster(temporal, query=in_ids, workflows=BUILD_B_WORKFLOWS)).ok
         bad = await replay_cluster(temporal, query=in_ids, workflows=[PositionWorkflowIncompatible])
