@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from temporalio.api.deployment.v1 import WorkerDeploymentVersion as DeploymentVersionProto
 from temporalio.api.enums.v1 import VersioningBehavior as VersioningBehaviorProto
+from temporalio.api.workflowservice.v1 import DescribeWorkerDeploymentVersionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkerDeploymentVersion
 from temporalio.testing import WorkflowEnvironment
@@ -80,6 +82,17 @@ async def build(temporal: Client, deps: Deps, workflows: list[type] | None = Non
         await accounts.shutdown()
 
 
+async def version_queues(temporal: Client, deployment: str, build_id: str) -> set[tuple[str, int]]:
+    """The (task queue, type) pairs a Worker Deployment Version's workers poll."""
+    described = await temporal.workflow_service.describe_worker_deployment_version(
+        DescribeWorkerDeploymentVersionRequest(
+            namespace=temporal.namespace,
+            deployment_version=DeploymentVersionProto(deployment_name=deployment, build_id=build_id),
+        )
+    )
+    return {(q.name, q.type) for q in described.worker_deployment_version_info.task_queue_infos}
+
+
 async def versioning_info(temporal: Client, workflow_id: str) -> tuple[int, str]:
     described = await temporal.get_workflow_handle(workflow_id).describe()
     info = described.raw_description.workflow_execution_info.versioning_info
@@ -138,10 +151,13 @@ async def test_rollout_from_build_a_to_build_b_and_the_replay_gate(
         # ---- build B starts, is made current with the real CLI, A is stopped (drained)
         await builds.enter_async_context(build(temporal, deps_b, BUILD_B_WORKFLOWS))
 
-        async def b_is_known() -> bool:
-            return "B" in (await versioning.current_version(temporal, settings.deployment_name))[2]
+        async def b_polls_what_a_polls() -> bool:  # else set-current-version refuses: missing task queues
+            if "B" not in (await versioning.current_version(temporal, settings.deployment_name))[2]:
+                return False
+            a_queues = await version_queues(temporal, settings.deployment_name, "A")
+            return a_queues <= await version_queues(temporal, settings.deployment_name, "B")
 
-        assert await eventually(b_is_known, timeout=30)
+        assert await eventually(b_polls_what_a_polls, timeout=60)
         address = temporal.service_client.config.target_host
         done = await asyncio.to_thread(
             subprocess.run,
