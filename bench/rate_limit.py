@@ -1,7 +1,8 @@
 """Section 7: an account's rate limit across several workers, measured at the exchange.
 
-Three worker processes serve the same Bybit account queue: the bench worker and two product
-workers (`python -m worker`, as a deployment's replicas run). The account's queue limit is the
+Three worker processes serve the same Bybit account queue: the bench worker and two more
+(`python -m bench.account_worker`: the product's account-queue workers, `worker.AccountWorkers`,
+for these accounts only, as replicas serving them would). The account's queue limit is the
 exchange's default (Bybit: 10 activities/s), set once on the cluster by the workers
 (`egis/queues.py`). A burst of the product's `read_account_positions` activity (one positions
 request each) is scheduled at once on the account queue, and the simulator's request log gives
@@ -34,7 +35,7 @@ from egis.stack.processes import spawn, stop_process
 from worker import ACTIVITIES_PER_SECOND, QUEUE_HEADROOM
 
 NAME = "7 rate limit"
-WORKERS = 3  # the bench worker + 2 product workers
+WORKERS = 3  # the bench worker + 2 account workers
 WINDOW_S = 10.0
 WARM_UP = 12  # activities per account first: every worker builds its gateway (markets, clock) before the burst
 
@@ -58,7 +59,10 @@ async def run(env: BenchEnv, sizes: Sizes) -> SectionResult:
         await env.client.create_bot(spec, actor="bench")
     queues = {a.ref: account_task_queue(env.settings.task_queue, a.exchange, a.ref) for a in (limited, free)}
     child_env = env.stack.child_env() | {"EGIS_METRICS_PORT": "0", "EGIS_SDK_METRICS_PORT": "0"}
-    extra = [await spawn([sys.executable, "-m", "worker"], env=child_env) for _ in range(WORKERS - 1)]
+    specs = [f"{a.exchange.value}:{a.ref}" for a in (limited, free)]
+    extra = [
+        await spawn([sys.executable, "-m", "bench.account_worker", *specs], env=child_env) for _ in range(WORKERS - 1)
+    ]
     try:
         for queue in queues.values():
             await _wait_for_pollers(env, queue, WORKERS, extra)
@@ -105,14 +109,14 @@ async def _wait_for_pollers(env: BenchEnv, queue: str, count: int, extra: list[a
         task_queue=TaskQueue(name=queue),
         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
     )
-    deadline = asyncio.get_running_loop().time() + 120
+    deadline = asyncio.get_running_loop().time() + 300  # the bench worker discovers accounts every 5 s
     while True:
         pollers = (await env.temporal.workflow_service.describe_task_queue(request)).pollers
         if len({p.identity for p in pollers}) >= count:
             return
         for proc in extra:
             if proc.returncode is not None:
-                raise BenchError(f"a product worker exited with code {proc.returncode}")
+                raise BenchError(f"an account worker exited with code {proc.returncode}")
         if asyncio.get_running_loop().time() > deadline:
             raise BenchError(f"only {len(pollers)} of {count} workers poll {queue}")
         await asyncio.sleep(0.5)

@@ -124,9 +124,9 @@ async def test_rollout_from_build_a_to_build_b_and_the_replay_gate(
         version_a = WorkerDeploymentVersion(settings.deployment_name, "A")
         assert await versioning.promote_if_first(temporal, version_a)
         assert (await versioning.current_version(temporal, settings.deployment_name))[0] == "A"
-        # the account queues' rate limits are set on the cluster, from the exchanges' limits (85 %)
+        # the account queues' rate limits are set on the cluster, from the exchanges' limits (80 %)
         bybit_queue = account_task_queue(settings.task_queue, Exchange.BYBIT, ACCOUNTS["bybit"])
-        assert await queue_rate_limit(temporal, bybit_queue) == 8.5
+        assert await queue_rate_limit(temporal, bybit_queue) == 8.0
         paper_queue = account_task_queue(settings.task_queue, Exchange.PAPER, ACCOUNTS["paper"])
         assert await queue_rate_limit(temporal, paper_queue) is None
 
