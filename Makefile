@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench chaos dev clean
+.PHONY: demo test lint bench chaos dev clean ui-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m chaos $(ARGS)
+
+# the web UI as an operator's console, in headless Chromium (Debian: apt-get install -y chromium);
+# screenshots in docs/ui (ARGS="--out DIR" elsewhere)
+ui-check: $(STAMP)
+	$(BIN)/python -m uicheck $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

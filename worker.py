@@ -6,8 +6,11 @@
   activities;
 - one task queue per exchange account (`egis-<exchange>-<account>`) runs the activities that
   call that exchange, with the queue's activity rate limit set from the exchange's published
-  limits, so the limit holds across any number of workers. Accounts are discovered from the
-  bots table, and new ones are picked up while running.
+  limits once on the cluster (egis/queues.py), so the limit holds across any number of workers.
+  Accounts are discovered from the bots table, and new ones are picked up while running.
+
+With `EGIS_BUILD_ID` set, every worker of the process runs as the Worker Deployment Version
+(`EGIS_DEPLOYMENT_NAME`, `EGIS_BUILD_ID`) (egis/versioning.py, docs/operations.md).
 
 Reads DATABASE_URL and the Temporal client configuration (egis/temporal.py: profile, TEMPORAL_*
 variables, env or .env), or the embedded stack started by `egis dev up`. At start it applies
@@ -34,7 +37,7 @@ from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
-from egis import faults, redact, schedules
+from egis import faults, redact, schedules, versioning
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
@@ -43,6 +46,7 @@ from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.models import AccountInput, Exchange, account_task_queue, stream_workflow_id
 from egis.process import hard_exit
+from egis.queues import set_queue_rate_limit
 from egis.selftest import latest_selftest, warning_for
 from egis.temporal import (
     check_search_attributes,
@@ -51,7 +55,7 @@ from egis.temporal import (
     register_search_attributes_by_default,
     resolve_connect_options,
 )
-from workflows.registry import ALL_WORKFLOWS
+from workflows.registry import workflows_for
 
 log = logging.getLogger("egis.worker")
 
@@ -67,13 +71,28 @@ ACTIVITIES_PER_SECOND: dict[Exchange, float | None] = {
 DISCOVERY_INTERVAL = 5.0
 
 
-def rate_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
-    """The exchange's default, unless the account file sets `activities_per_second`."""
+QUEUE_HEADROOM = 0.8
+"""An account queue runs at 80 % of the venue's limit. Temporal's queue limiter is a token bucket
+that lets about one second's worth through at once on top of the rate, so a 10 s window can hold
+11 s worth: at the full limit a burst from three workers reached 10.9/s at the exchange over a
+10 s window (bench section 7); at 85 % it still reached 9.5/s. At 80 %: a second's worth plus ten
+seconds' worth, 8 + 80 requests in any 10 s window, well below the venue's 100."""
+
+
+def venue_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
+    """The venue's limit for the account (activities/s): the exchange's default, unless the
+    account file sets `activities_per_second` (0: none)."""
     with contextlib.suppress(EgisError):
         override = load_account(account, exchange, settings.resolved_accounts_dir).activities_per_second
         if override is not None:
             return override or None
     return ACTIVITIES_PER_SECOND[exchange]
+
+
+def rate_limit(exchange: Exchange, account: str, settings: Settings) -> float | None:
+    """The account queue's activity rate limit: the venue's limit less the headroom (None: none)."""
+    venue = venue_limit(exchange, account, settings)
+    return round(venue * QUEUE_HEADROOM, 2) if venue else None
 
 
 class AccountWorkers:
@@ -93,20 +112,27 @@ class AccountWorkers:
             exchange = Exchange(exchange_name)
             await self._ensure_sync(exchange, account)
             await self._ensure_stream(exchange, account)
-            queue = account_task_queue(self.deps.settings.task_queue, exchange, account)
-            if queue in self.running:
-                continue
-            limit = rate_limit(exchange, account, self.deps.settings)
-            worker = Worker(
-                self.client,
-                task_queue=queue,
-                activities=account_queue_activities(self.deps),
-                max_task_queue_activities_per_second=limit,
-            )
-            self.running[queue] = (worker, asyncio.create_task(worker.run()))
-            log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
-            if exchange is not Exchange.PAPER:
-                await self._selftest_notice(exchange, account)
+            await self.serve(exchange, account)
+
+    async def serve(self, exchange: Exchange, account: str) -> None:
+        """Start the worker of one account's queue (once), its rate limit set on the cluster first."""
+        queue = account_task_queue(self.deps.settings.task_queue, exchange, account)
+        if queue in self.running:
+            return
+        limit = rate_limit(exchange, account, self.deps.settings)
+        # once for the queue, on the cluster; the Worker passes the same value with its polls
+        await set_queue_rate_limit(self.client, queue, limit, f"egis: {exchange.value} account {account}")
+        worker = Worker(
+            self.client,
+            task_queue=queue,
+            activities=account_queue_activities(self.deps),
+            max_task_queue_activities_per_second=limit,
+            deployment_config=versioning.deployment_config(self.deps.settings),
+        )
+        self.running[queue] = (worker, asyncio.create_task(worker.run()))
+        log.info("serving %s (%s activities/s)", queue, limit or "unlimited")
+        if exchange is not Exchange.PAPER:
+            await self._selftest_notice(exchange, account)
 
     async def _selftest_notice(self, exchange: Exchange, account: str) -> None:
         """A WARNING for a live account whose last `egis selftest` found a difference Egis does not
@@ -176,15 +202,18 @@ class AccountWorkers:
         await asyncio.gather(*(task for _, task in self.running.values()), return_exceptions=True)
 
 
-def build_main_worker(client: Client, deps: Deps) -> Worker:
+def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None = None) -> Worker:
+    deployment = versioning.deployment_config(deps.settings)
     return Worker(
         client,
         task_queue=deps.settings.task_queue,
-        workflows=ALL_WORKFLOWS,
+        # a versioning behaviour only with a deployment version (workflows/unversioned.py)
+        workflows=workflows_for(deployment is not None) if workflows is None else workflows,
         activities=main_queue_activities(deps),
         # a payload that fails validation fails the workflow with a clear error instead of
         # retrying its task forever
         workflow_failure_exception_types=[ValidationError],
+        deployment_config=deployment,
     )
 
 
@@ -208,15 +237,34 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         for sid in await schedules.ensure(client, settings.task_queue, [], maintenance=True):
             log.info("created schedule %s (safe defaults: dry run)", sid)
     accounts = AccountWorkers(client, deps)
-    log.info("worker ready: task queue %s on %s", settings.task_queue, temporal.describe())
+    version = versioning.deployment_version(settings)
+    as_version = f", version {version.to_canonical_string()}" if version else ", unversioned"
+    log.info("worker ready: task queue %s on %s%s", settings.task_queue, temporal.describe(), as_version)
+    promote: asyncio.Task[bool] | None = None
     try:
         async with build_main_worker(client, deps):
+            if version is not None and settings.promote_first_version:
+                promote = asyncio.create_task(_promote_first(client, version))
             await accounts.run(stop)
     finally:
+        if promote is not None:
+            promote.cancel()
         await accounts.shutdown()
         await deps.gateways.close()
         await engine.dispose()
         log.info("worker stopped")
+
+
+async def _promote_first(client: Client, version: versioning.WorkerDeploymentVersion) -> bool:
+    """A first deploy: no version of the deployment is current yet, so this one becomes current."""
+    try:
+        promoted = await versioning.promote_if_first(client, version)
+    except Exception as exc:  # never stop the worker for this: the operator can set it by hand
+        log.warning("could not check the deployment's current version: %s", exc)
+        return False
+    if promoted:
+        log.info("deployment %s had no current version: made %s current", version.deployment_name, version.build_id)
+    return promoted
 
 
 def main() -> None:

@@ -4,6 +4,8 @@
 - `OneActivityWorkflow`: runs `noop` once (the throughput baseline for a position lifecycle);
 - `PingWorkflow`: an update handler that runs `noop` and returns its result (the baseline for
   the manual close, which is an update that runs the close activity).
+- `BurstWorkflow`: schedules N activities at once on a given task queue (section 8 sends a burst
+  of the product's `read_account_positions` to an account queue served by several workers).
 
 The bench worker (`bench/worker.py`) serves them on BASELINE_QUEUE, in the same process as the
 product's workers. Like the product's workflow modules, this one imports only temporalio.
@@ -11,7 +13,9 @@ product's workers. Like the product's workflow modules, this one imports only te
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 
@@ -50,5 +54,19 @@ class PingWorkflow:
         self._finished = True
 
 
-WORKFLOWS = [OneActivityWorkflow, PingWorkflow]
+@workflow.defn
+class BurstWorkflow:
+    @workflow.run
+    async def run(self, burst: dict[str, Any]) -> int:
+        """`{"queue", "activity", "arg", "count"}`: run `count` activities at once, wait for all."""
+        calls = [
+            workflow.execute_activity(
+                burst["activity"], burst["arg"], task_queue=burst["queue"], start_to_close_timeout=timedelta(minutes=5)
+            )
+            for _ in range(int(burst["count"]))
+        ]
+        return len(await asyncio.gather(*calls))
+
+
+WORKFLOWS = [OneActivityWorkflow, PingWorkflow, BurstWorkflow]
 ACTIVITIES = [noop]

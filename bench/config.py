@@ -26,6 +26,7 @@ class Sizes:
     rest_window_s: float = 30.0  # section 7: how long REST reads are counted
     reservations: int = 200  # section 5: concurrent reservations
     budget_repeats: int = 3  # section 5: contended / spread runs, alternated
+    rate_burst: int = 120  # section 8: activities in the burst on one rate-limited account (10/s: 12 s)
 
     def accounts(self) -> dict[str, int]:
         """Simulator accounts per group: `lc` for sections 1 and 2 (all positions of section 1 are
@@ -66,4 +67,5 @@ FULL = Sizes(
     stream_ghosts=200,
     stream_fault_ghosts=10,
     rest_window_s=120.0,
+    rate_burst=300,
 )

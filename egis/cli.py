@@ -278,7 +278,9 @@ async def cmd_open(args: argparse.Namespace) -> int:
 
     request = OpenPositionInput(bot=args.bot, symbol=args.symbol, side=args.side, usd=args.usd, ref=args.ref)
     async with EgisClient.from_settings(settings_from(args)) as client:
-        view = await client.open_position(request, wait=None if args.no_wait else args.timeout)
+        view = await client.open_position(
+            request, wait=None if args.no_wait else args.timeout, started_by=f"egis open ({actor()})"
+        )
     if args.json:
         print(to_json(view))
     elif view.status == "open":
@@ -588,6 +590,54 @@ async def cmd_accounts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from egis.replay import replay_cluster
+    from egis.temporal import connect, resolve_connect_options
+
+    settings = settings_from(args)
+    options = resolve_connect_options(settings)
+    from temporalio.service import RPCError, RPCStatusCode
+
+    client = await connect(options)
+    try:
+        report = await replay_cluster(
+            client, query=args.query, closed_within_hours=args.closed_within_hours, limit=args.limit
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise InvalidInput(f"the visibility query was refused: {exc.message[:200]}") from None
+        raise
+    if args.json:
+        print(
+            to_json(
+                {
+                    "ok": report.ok,
+                    "query": report.query,
+                    "replayed": len(report.outcomes),
+                    "truncated": report.truncated,
+                    "by_type": report.rows(),
+                    "failures": [vars(o) for o in report.failures],
+                }
+            )
+        )
+        return EXIT_OK if report.ok else EXIT_REFUSED
+    print(f"replaying against the code on disk: {options.describe()}")
+    print(f"query: {report.query}")
+    if report.outcomes:
+        print(table(report.rows(), ["workflow_type", "replayed", "ok", "nondeterminism", "failed"]))
+    if report.truncated:
+        print(f"note: stopped at --limit {report.limit} histories; raise it to replay more")
+    for failure in report.failures:
+        print(failure.line())
+    if not report.outcomes:
+        print("nothing to replay: no workflow matched")
+    elif report.ok:
+        print(f"OK: {len(report.outcomes)} histories replay against this code")
+    else:
+        print(f"FAILED: {len(report.failures)} of {len(report.outcomes)} histories do not replay against this code")
+    return EXIT_OK if report.ok else EXIT_REFUSED
+
+
 def cmd_simulator(args: argparse.Namespace) -> int:
     from egis.simulator.server import run_standalone
 
@@ -781,6 +831,27 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_argument("--port", type=PORT, default=8901)
     simulator.add_argument("--host", default="127.0.0.1")
     simulator.set_defaults(func=cmd_simulator, sync=True)
+
+    replay = sub.add_parser(
+        "replay", help="deploy gate: replay the cluster's running (and recently closed) workflows against this code"
+    )
+    _common(replay)
+    replay.add_argument(
+        "--query",
+        help="visibility query instead of the default scope (running, or closed within --closed-within-hours), "
+        "e.g. \"WorkflowId = 'pos-alpha-sig-42'\"; always limited to Egis's workflow types",
+    )
+    replay.add_argument(
+        "--closed-within-hours",
+        type=bounded_int(0, 10000),
+        default=24,
+        help="also replay workflows closed within this many hours (default 24)",
+    )
+    replay.add_argument(
+        "--limit", type=bounded_int(1, 100000), default=1000, help="at most this many histories (default 1000)"
+    )
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(func=cmd_replay)
 
     health = sub.add_parser("health", help="run a health workflow through the worker")
     _common(health)

@@ -73,6 +73,8 @@ from egis.models import (
     SyncInput,
     SyncReport,
     excerpt,
+    position_static_details,
+    position_summary,
     position_workflow_id,
 )
 from egis.temporal import connect
@@ -115,7 +117,9 @@ class EgisClient:
         return await self.store.set_budget(bot, budget_usd, actor=actor)
 
     # ------------------------------------------------------------ positions
-    async def open_position(self, request: OpenPositionInput, *, wait: float | None = 60.0) -> PositionView:
+    async def open_position(
+        self, request: OpenPositionInput, *, wait: float | None = 60.0, started_by: str = "egis.client"
+    ) -> PositionView:
         """Start the position's workflow; with `wait`, return once it is open (or raise why not).
 
         The workflow id comes from (bot, ref): a reference can be used once, so a bot that
@@ -134,6 +138,9 @@ class EgisClient:
                 task_queue=self.settings.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # the web UI's User Metadata: `alpha: long BTCUSDT $100, ref sig-42`, and what was asked
+                static_summary=position_summary(request),
+                static_details=position_static_details(request, context, started_by),
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(SA_BOT_ID, request.bot),

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     # Unset: only on the embedded stack; elsewhere it checks and names the commands to run.
     register_search_attributes: bool | None = None
     task_queue: str = "egis"
+    # Worker Versioning (docs/operations.md, "Safe deploys"): on when EGIS_BUILD_ID is set; the
+    # embedded stack and the tests leave it unset and run unversioned workers.
+    deployment_name: str = "egis"
+    build_id: str | None = None
+    # the first version of a deployment that has none current yet makes itself current (first deploy)
+    promote_first_version: bool = True
     accounts_dir: Path | None = None  # default: <data dir>/accounts
 
     # embedded stack ports (egis dev up)

@@ -554,3 +554,49 @@ def stream_workflow_id(main_queue: str, exchange: Exchange | str, account: str) 
 def watcher_workflow_id(main_queue: str, exchange: Exchange | str, account: str) -> str:
     """One price watcher per (deployment queue, exchange account)."""
     return f"watch-{main_queue}-{Exchange(exchange).value}-{account}"
+
+
+# ---------------------------------------------------------------- the web UI's User Metadata
+def plain(value: object, unknown: str = "—") -> str:
+    """Money and quantities as plain decimals (60000, never 6E+4)."""
+    if isinstance(value, Decimal):
+        text = format(value, "f")
+        return text if text != "-0" else "0"
+    return unknown if value is None else str(value)
+
+
+def usd(value: Decimal) -> str:
+    """Dollars for people: `$100` for a whole amount, `$100.50` otherwise."""
+    if value == value.to_integral_value():
+        return f"${format(value.to_integral_value(), 'f')}"
+    return f"${format(value.quantize(Decimal('0.01')), 'f')}"
+
+
+def position_summary(request: OpenPositionInput) -> str:
+    """The one-line static summary of a position workflow: `alpha: long BTCUSDT $100, ref sig-42`."""
+    return f"{request.bot}: {request.side.value} {request.symbol} {usd(request.usd)}, ref {request.ref}"
+
+
+def position_static_details(request: OpenPositionInput, context: BotContext | None, started_by: str) -> str:
+    """The static details (markdown) set at start: what was asked, by whom, where."""
+    rows = [
+        ("bot", request.bot),
+        ("side", request.side.value),
+        ("symbol", request.symbol),
+        ("size", usd(request.usd)),
+        ("reference", request.ref),
+    ]
+    if context is not None:
+        rows += [("exchange", context.exchange.value), ("account", context.account)]
+        if context.aged is not None:
+            a = context.aged
+            rows.append(
+                (
+                    "aged policy",
+                    f"aged after {a.max_age_s} s, grace {a.grace_s} s, +{plain(a.loss_step_pct)} % loss per hour "
+                    f"up to {plain(a.max_loss_pct)} %, market close at {a.expire_s} s",
+                )
+            )
+    rows.append(("started by", started_by))
+    items = "\n".join(f"- **{k}**: {v}" for k, v in rows)
+    return f"**Position {position_summary(request)}**\n\n{items}\n"

@@ -31,7 +31,7 @@ from egis.models import (
     watcher_workflow_id,
 )
 from tests.conftest import ACCOUNTS
-from workflows.registry import ALL_WORKFLOWS
+from workflows.registry import workflows_for
 
 D = Decimal
 
@@ -74,7 +74,7 @@ async def workers(temporal: Client, deps: Deps) -> AsyncIterator[None]:
     main = Worker(
         temporal,
         task_queue=queue,
-        workflows=ALL_WORKFLOWS,
+        workflows=workflows_for(versioned=False),
         activities=main_queue_activities(deps),
         workflow_failure_exception_types=[ValidationError],
     )

@@ -41,6 +41,7 @@ def test_services_and_images(repo_root: Path) -> None:
         "temporal-ui",
         "egis-db",
         "worker",
+        "worker-next",
         "otel-collector",
     }
     assert services["temporal"]["image"].startswith("temporalio/server:")
@@ -125,6 +126,15 @@ def test_worker_is_wired_to_the_app_database_and_temporal(repo_root: Path) -> No
     # secrets come from mounted files named by account reference, never from the compose file
     assert any(v.endswith(worker_env["EGIS_ACCOUNTS_DIR"] + ":ro") for v in worker["volumes"])
     assert not any("API_KEY" in k or "SECRET" in k for k in worker_env)
+
+
+def test_a_rollouts_next_version_is_the_same_worker_with_its_own_build_id(repo_root: Path) -> None:
+    services = compose(repo_root)["services"]
+    nxt = services["worker-next"]
+    assert nxt["extends"] == {"service": "worker"} and nxt["profiles"] == ["next"]
+    tag = nxt["image"].split(":", 1)[1]
+    assert nxt["environment"]["EGIS_BUILD_ID"] == tag != services["worker"]["image"].split(":", 1)[1]
+    assert "${EGIS_NEXT_VERSION" in tag
 
 
 def test_optional_otel_collector_behind_a_profile(repo_root: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -29,7 +29,7 @@ RETRY = RetryPolicy(
 """Unlimited attempts: the stream must come back whatever happened (credentials fixed, venue back)."""
 
 
-@workflow.defn
+@workflow.defn(versioning_behavior=VersioningBehavior.AUTO_UPGRADE)  # runs for good, continues-as-new
 class AccountStreamWorkflow:
     @workflow.run
     async def run(self, request: AccountInput) -> None:

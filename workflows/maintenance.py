@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
@@ -49,7 +49,7 @@ async def _tell(workflow_id: str, signal: str, payload: object) -> bool:
         return False
 
 
-@workflow.defn
+@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
 class ExchangeSyncWorkflow:
     @workflow.run
     async def run(self, request: SyncInput) -> SyncReport:
@@ -60,6 +60,7 @@ class ExchangeSyncWorkflow:
             task_queue=account_task_queue(workflow.info().task_queue, request.exchange, request.account),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RETRY,
+            summary=f"one positions request on {request.exchange.value}/{request.account}; diff with ours",
         )
         told, unmanaged = 0, []
         for ghost in report.ghosts:
@@ -83,6 +84,7 @@ async def _maintain(activity_name: str, request: MaintenanceInput, reason: str) 
         result_type=MaintenanceReport,
         start_to_close_timeout=timedelta(minutes=10),
         retry_policy=RETRY,
+        summary=f"{activity_name.replace('_', ' ')} ({'repair' if request.apply else 'dry run'})",
     )
     told = 0
     for workflow_id in report.to_tell:
@@ -90,7 +92,7 @@ async def _maintain(activity_name: str, request: MaintenanceInput, reason: str) 
     return report.model_copy(update={"told": told})
 
 
-@workflow.defn
+@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
 class PaperReconcileWorkflow:
     @workflow.run
     async def run(self, request: MaintenanceInput) -> MaintenanceReport:
@@ -108,6 +110,7 @@ async def _read_account(exchange: Exchange, account: str) -> AccountPositions:
             schedule_to_start_timeout=timedelta(seconds=30),  # no worker serves the account: say so
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=READ_RETRY,
+            summary=f"read the positions of {exchange.value}/{account} (is a candidate real?)",
         )
     except ActivityError as exc:
         cause = exc.cause
@@ -118,7 +121,7 @@ async def _read_account(exchange: Exchange, account: str) -> AccountPositions:
         return AccountPositions(exchange=exchange, account=account, error=why[:200])
 
 
-@workflow.defn
+@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
 class PhantomCleanupWorkflow:
     @workflow.run
     async def run(self, request: MaintenanceInput) -> MaintenanceReport:
@@ -131,6 +134,7 @@ class PhantomCleanupWorkflow:
                 result_type=list[str],
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=RETRY,
+                summary="accounts holding a candidate Egis did not open itself",
             )
             reads = [await _read_account(Exchange.BINANCEUSDM, account) for account in accounts]
             request = request.model_copy(update={"exchange_reads": reads})

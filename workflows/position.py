@@ -11,16 +11,22 @@
    classifies errors; a PERMANENT refusal leaves the position open, waiting for an operator.
 4. Manual close: signal `close`, update `request_close` (validated), query `state`.
 
+For the web UI: the start carries a static summary and details (egis.client), the workflow keeps
+its current details (markdown: status, quantity, prices, PnL, error, aged phase, what it waits
+for) up to date, and every activity and timer has a summary. None of these is part of the
+determinism check, so histories recorded without them replay. Versioning: AUTO_UPGRADE (a
+position can outlive a deploy; its changes must replay: `egis replay`).
+
 Deterministic orchestration only: all I/O is in activities, called by name.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -55,6 +61,9 @@ with workflow.unsafe.imports_passed_through():
         WatcherInput,
         account_task_queue,
         excerpt,
+        plain,
+        position_summary,
+        usd,
     )
     from egis.rules.aged import aged_phase
 
@@ -85,7 +94,11 @@ def _num(value: object) -> str:
     return format(value, "f") if isinstance(value, Decimal) else "?"
 
 
-@workflow.defn
+def _at(moment: datetime) -> str:
+    return moment.strftime("%H:%M:%S UTC") if moment.second else moment.strftime("%H:%M UTC")
+
+
+@workflow.defn(versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class PositionWorkflow:
     @workflow.init
     def __init__(self, state: PositionWorkflowInput) -> None:
@@ -97,9 +110,10 @@ class PositionWorkflow:
         self._pnl = None
         self._aged_phase: str | None = None
         self._watch_ensured_at = None
+        self._waiting = "the workflow to start"
 
     # ------------------------------------------------------------------ handlers
-    @workflow.query
+    @workflow.query(description="What the workflow believes about its position (status, quantity, prices, PnL).")
     def state(self) -> PositionView:
         r = self._s.request
         return PositionView(
@@ -121,7 +135,10 @@ class PositionWorkflow:
             last_error=self._s.last_error,
         )
 
-    @workflow.signal
+    @workflow.signal(
+        description='Close the position, fire-and-forget: {"reason": "manual"}. Prefer the request_close update, '
+        "which validates the request and answers with the outcome."
+    )
     def close(self, request: CloseRequest) -> None:
         """Fire-and-forget close (works from the web UI and `temporal workflow signal`)."""
         if not _is(request, CloseRequest, "close"):
@@ -131,7 +148,10 @@ class PositionWorkflow:
         else:
             workflow.logger.info("close signal ignored: position is %s", self._s.status)
 
-    @workflow.update
+    @workflow.update(
+        description='Close the position and wait for the outcome: {"reason": "manual"} (lowercase words). '
+        "Refused with the reason when the position is not open or a close is already pending."
+    )
     async def request_close(self, request: CloseRequest) -> CloseResult:
         """Close and wait for the outcome."""
         seq = self._close_seq
@@ -161,19 +181,28 @@ class PositionWorkflow:
         if self._s.pending_close is not None:
             raise ValueError(f"position {wid} already has a close request pending ({self._s.pending_close.reason})")
 
-    @workflow.signal
+    @workflow.signal(
+        description="Internal, sent by the exchange-sync job (do not send by hand): the exchange disagrees "
+        "with the database about this position; the workflow re-reads it and records what is true."
+    )
     def sync_hint(self, hint: SyncHint) -> None:
         """From the exchange-sync job: the exchange disagrees with us; re-read and record."""
         if _is(hint, SyncHint, "sync_hint") and self._s.status == PositionStatus.OPEN:
             self._s.pending_hint = hint
 
-    @workflow.signal
+    @workflow.signal(
+        description="Internal, sent by a maintenance repair (do not send by hand): the position's row was "
+        "closed by the repair; the workflow reads the final row and ends."
+    )
     def external_close(self, notice: ExternalClose) -> None:
         """From a maintenance job that closed this position's row itself (phantom cleanup, reconcile)."""
         if _is(notice, ExternalClose, "external_close"):
             self._s.pending_external = notice
 
-    @workflow.signal
+    @workflow.signal(
+        description="Internal, sent by the account's price watcher (do not send by hand): this aged "
+        "position reached its phase's target; the workflow closes it."
+    )
     def exit_trigger(self, trigger: ExitTrigger) -> None:
         """From the account's price watcher: this aged position reached its phase's target."""
         if not _is(trigger, ExitTrigger, "exit_trigger"):
@@ -209,6 +238,33 @@ class PositionWorkflow:
         if self._s.last_error:
             parts.append(f"error: {self._s.last_error[:80]}")
         workflow.upsert_memo({"summary": " | ".join(parts)})
+        self._show("nothing: the position is final" if status in ENDED else None)
+
+    def _show(self, waiting: str | None = None) -> None:
+        """The current details on the web UI's User Metadata tab (markdown; no history event)."""
+        if waiting is not None:
+            self._waiting = waiting
+        s, r = self._s, self._s.request
+        ctx = s.context or s.bot_context
+        where = f" on {ctx.exchange.value}/{ctx.account}" if ctx else ""
+        qty = f" {plain(s.quantity)}" if s.quantity is not None else ""
+        rows = [
+            ("status", s.status),
+            ("quantity", plain(s.quantity)),
+            ("entry price", plain(s.entry_price)),
+            ("exit price", plain(self._exit_price)),
+            ("realized PnL", plain(self._pnl)),
+            ("exit reason", self._exit_reason or "—"),
+            ("aged phase", self._aged_phase or "—"),
+            ("close attempts", str(s.close_attempts)),
+            ("last error", s.last_error[:300].replace("\n", " ") if s.last_error else "—"),
+            ("position id", plain(s.position_id)),
+        ]
+        items = "\n".join(f"- **{k}**: {v}" for k, v in rows)
+        workflow.set_current_details(
+            f"**{s.status}**: {r.side.value}{qty} {r.symbol}{where} ({position_summary(r)})\n\n"
+            f"{items}\n\n**Waiting for:** {self._waiting}\n"
+        )
 
     def _account_queue(self) -> str:
         ctx = self._s.context
@@ -242,11 +298,14 @@ class PositionWorkflow:
                     result_type=BotContext,
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=DB_RETRY,
+                    summary=f"read bot {r.bot} (started by hand)",
                 )
             except ActivityError as exc:
                 return await self._refuse(exc, "unknown bot")
             workflow.upsert_search_attributes([SA_EXCHANGE.value_set(ctx.exchange.value)])
         self._s.context = ctx
+        where = f"{ctx.exchange.value}/{ctx.account}"
+        self._show(f"the open on {where}: price and size, reserve the budget, send the order")
         try:
             plan = await workflow.execute_activity(
                 "plan_open",
@@ -256,6 +315,7 @@ class PositionWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=OPEN_DEADLINE,
                 retry_policy=READ_RETRY,
+                summary=f"price and size {usd(r.usd)} of {r.symbol} on {where}; check the account holds nothing",
             )
             reserved = await workflow.execute_activity(
                 "reserve_position",
@@ -272,6 +332,7 @@ class PositionWorkflow:
                 result_type=ReservedPosition,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
+                summary=f"reserve {usd(r.usd)} of {r.bot}'s budget; position {plain(plan.quantity)} {r.symbol}",
             )
         except ActivityError as exc:
             return await self._refuse(exc, "open refused")
@@ -287,6 +348,7 @@ class PositionWorkflow:
                 heartbeat_timeout=timedelta(seconds=10),
                 schedule_to_close_timeout=OPEN_DEADLINE,
                 retry_policy=ORDER_RETRY,
+                summary=f"send the open order on {where}: {r.side.value} {plain(plan.quantity)} {r.symbol}",
             )
         except ActivityError:
             outcome = await workflow.execute_activity(
@@ -296,6 +358,7 @@ class PositionWorkflow:
                 task_queue=self._account_queue(),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=READ_RETRY,
+                summary=f"the open did not complete: look the order up on {where}, then give up",
             )
         if outcome.position_status is PositionStatus.FAILED:
             self._s.last_error = outcome.error_message
@@ -367,8 +430,19 @@ class PositionWorkflow:
         if wake is not None and wake <= timedelta(0):
             await self._ensure_watcher()
             return
+        timer = None
+        waiting = "a close request (update `request_close` or signal `close`) or an exchange-sync hint"
+        if wake is not None:
+            at = _at(workflow.now() + wake)
+            if self._aged_phase == "none":
+                timer = f"wait until aged at {at}"
+                waiting += f"; aged at {at}, then the account's price watcher"
+            else:
+                timer = f"re-check the price watcher at {at}"
+                waiting += f"; an exit trigger from the price watcher ({self._aged_phase} phase)"
+        self._show(waiting)
         try:
-            await workflow.wait_condition(lambda: not self._idle(), timeout=wake)
+            await workflow.wait_condition(lambda: not self._idle(), timeout=wake, timeout_summary=timer)
         except TimeoutError:
             if self._wake_in() is not None and self._aged_phase != "none":
                 await self._ensure_watcher()
@@ -382,6 +456,7 @@ class PositionWorkflow:
             WatcherInput(exchange=ctx.exchange, account=ctx.account),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
+            summary=f"aged: make sure the price watcher of {ctx.exchange.value}/{ctx.account} runs",
         )
         self._watch_ensured_at = workflow.now()
 
@@ -397,9 +472,12 @@ class PositionWorkflow:
         assert self._s.position_id is not None
         result: CloseResult | None = None
         failed: str | None = None
+        ctx = self._s.context
+        where = f"{ctx.exchange.value}/{ctx.account}" if ctx else "the exchange"
         for _ in range(5):  # a partial fill (the exchange capped the reduce-only order) closes again
             self._s.close_attempts += 1
             failed = None
+            self._show(f"the close on {where} ({request.reason}), attempt {self._s.close_attempts}")
             try:
                 result = await workflow.execute_activity(
                     "close_position",
@@ -409,6 +487,7 @@ class PositionWorkflow:
                     start_to_close_timeout=timedelta(seconds=120),
                     heartbeat_timeout=timedelta(seconds=10),
                     retry_policy=ORDER_RETRY,
+                    summary=f"verify on {where}, then close ({request.reason}, attempt {self._s.close_attempts})",
                 )
             except ActivityError as exc:
                 cause = exc.cause
@@ -429,6 +508,7 @@ class PositionWorkflow:
                 result_type=CloseResult,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
+                summary="the close did not complete: retire unsent orders, position back to open",
             )
         elif failed is not None:
             result = CloseResult(
@@ -459,6 +539,7 @@ class PositionWorkflow:
             task_queue=self._account_queue(),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=READ_RETRY,
+            summary=f"exchange sync says {hint.kind.replace('_', ' ')}: re-read the position and record it",
         )
         if result.status in FINAL_STATUSES:
             await self._finalize_external()
@@ -472,6 +553,7 @@ class PositionWorkflow:
             result_type=CloseResult,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
+            summary="read the final row (closed by the exchange or a maintenance repair)",
         )
         if result.status in FINAL_STATUSES:
             self._apply(result)

@@ -1,7 +1,9 @@
 """The embedded default stack: PostgreSQL + Temporal dev server + migrations + the worker.
 
 `Stack` starts what is not configured (DATABASE_URL / TEMPORAL_ADDRESS unset), attaches to
-what is, runs the migrations, then runs the worker as a child process. It records the
+what is, runs the migrations, then runs the worker as a child process, or a pool of N worker
+processes (`workers=N`: the chaos runner's "several workers, one truth"; worker 0 serves the
+metrics ports, the others none, and each has its own log). It records the
 addresses in `<data dir>/stack.json` so other commands find them, and stops every child in
 order (worker, Temporal, PostgreSQL). A lock on the data dir refuses a second run.
 """
@@ -35,7 +37,10 @@ class Stack:
         ui: bool = True,
         worker_env: dict[str, str] | None = None,
         temporal_args: list[str] | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("a stack runs at least one worker process")
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         self.run_worker = run_worker
@@ -44,11 +49,20 @@ class Stack:
         self._lock = DataDirLock(self.data_dir)
         self.postgres: EmbeddedPostgres | None = None
         self.temporal: TemporalDevServer | None = None
-        self.worker: asyncio.subprocess.Process | None = None
+        self.workers: list[asyncio.subprocess.Process | None] = [None] * workers
         self.database_url = settings.database_url or ""
         self.temporal_address = settings.temporal_address or ""
         self._ui = ui
         self._temporal_args = temporal_args
+
+    @property
+    def worker(self) -> asyncio.subprocess.Process | None:
+        """The first worker process (the only one unless `workers` > 1)."""
+        return self.workers[0]
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.workers)
 
     @property
     def ui_url(self) -> str | None:
@@ -106,7 +120,7 @@ class Stack:
             finally:
                 await engine.dispose()
             if self.run_worker:
-                await self.start_worker()
+                await self.start_worker()  # all of them
             self._write_stack_file()
         except BaseException:
             await self.stop()
@@ -127,25 +141,45 @@ class Stack:
             **self.worker_env,
         }
 
-    async def start_worker(self) -> None:
+    def worker_log_path(self, index: int) -> Path | None:
+        if self.worker_log is None or index == 0:
+            return self.worker_log
+        return self.worker_log.with_name(f"{self.worker_log.stem}-{index}{self.worker_log.suffix}")
+
+    async def start_worker(self, index: int | None = None) -> None:
+        """Start worker `index`, or (None) every worker of the pool that is not running."""
+        if index is None:
+            for i, proc in enumerate(self.workers):
+                if proc is None or proc.returncode is not None:
+                    await self.start_worker(i)
+            return
+        env = self.child_env()
+        if index > 0:  # one process per port: only worker 0 serves the metrics
+            env.update({"EGIS_METRICS_PORT": "0", "EGIS_SDK_METRICS_PORT": "0"})
         log: IO[bytes] | None = None
-        if self.worker_log is not None:
-            self.worker_log.parent.mkdir(parents=True, exist_ok=True)
-            log = self.worker_log.open("ab")
+        path = self.worker_log_path(index)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log = path.open("ab")
         try:
-            self.worker = await spawn([sys.executable, "-m", "worker"], log=log, env=self.child_env())
+            self.workers[index] = await spawn([sys.executable, "-m", "worker"], log=log, env=env)
         finally:
             if log is not None:
                 log.close()
 
-    async def stop_worker(self, *, kill: bool = False) -> None:
-        if self.worker is not None:
-            await stop_process(self.worker, signal.SIGKILL if kill else signal.SIGTERM, 30)
-            self.worker = None
+    async def stop_worker(self, index: int | None = None, *, kill: bool = False) -> None:
+        """Stop worker `index` (kill: SIGKILL, as a crash), or (None) every worker."""
+        indexes = range(len(self.workers)) if index is None else [index]
+        procs = [(i, self.workers[i]) for i in indexes]
+        await asyncio.gather(
+            *(stop_process(p, signal.SIGKILL if kill else signal.SIGTERM, 30) for _, p in procs if p is not None)
+        )
+        for i, _ in procs:
+            self.workers[i] = None
 
     def children(self) -> dict[str, asyncio.subprocess.Process]:
-        procs = {
-            "worker": self.worker,
+        procs = {f"worker-{i}" if i else "worker": proc for i, proc in enumerate(self.workers)}
+        procs |= {
             "temporal": self.temporal.process if self.temporal else None,
             "postgres": self.postgres.process if self.postgres else None,
         }
