@@ -39,6 +39,8 @@ def account_queue_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Activities that call an exchange, served on each account's own task queue."""
     positions, watch, maintenance = PositionActivities(deps), WatchActivities(deps), MaintenanceActivities(deps)
     return [
+        positions.open_position,
+        positions.abandon_open_for,
         positions.plan_open,
         positions.place_open_order,
         positions.abandon_open,

@@ -41,6 +41,7 @@ from egis.models import (
     Intent,
     ObserveInput,
     ObserveResult,
+    OpenInput,
     OpenPlan,
     OrderOutcome,
     OrderSide,
@@ -147,18 +148,61 @@ class PositionActivities:
                 )
             )
 
+    @activity.defn(name="open_position")
+    async def open_position(self, request: OpenInput) -> OrderOutcome:
+        """The whole open in one activity on the account's queue: price and size it and check the
+        account (nothing written: a refusal here stops the open before anything exists), reserve
+        the budget and write the position with its OPEN order (one transaction), send the order
+        idempotently and record the fill. A retry after the reservation skips straight to the
+        order, which is looked up before any resend."""
+        async with heartbeating():
+            existing = await self.deps.store.reservation_of(request.workflow_id)
+            if existing is None:
+                plan = await self.plan_open(
+                    PlanOpenInput(
+                        exchange=request.exchange, account=request.account, symbol=request.symbol, usd=request.usd
+                    )
+                )
+                existing = await self.reserve_position(
+                    ReserveInput(
+                        workflow_id=request.workflow_id,
+                        bot=request.bot,
+                        symbol=request.symbol,
+                        side=request.side,
+                        usd=request.usd,
+                        quantity=plan.quantity,
+                        exchange=request.exchange,
+                        account=request.account,
+                    )
+                )
+            outcome = await self._place(existing.order_id)
+        return outcome.model_copy(update={"position_id": existing.position_id})
+
+    @activity.defn(name="abandon_open_for")
+    async def abandon_open_for(self, workflow_id: str) -> OrderOutcome | None:
+        """The open did not complete in time: None if nothing was ever written (the open is
+        refused); otherwise one last look-up of its order by client id, then fail it."""
+        existing = await self.deps.store.reservation_of(workflow_id)
+        if existing is None:
+            return None
+        outcome = await self.abandon_open(PlaceOrderInput(order_id=existing.order_id))
+        return outcome.model_copy(update={"position_id": existing.position_id})
+
     @activity.defn(name="place_open_order")
     async def place_open_order(self, request: PlaceOrderInput) -> OrderOutcome:
         """Submit the OPEN order idempotently and record the fill. A PERMANENT refusal ends the
         position as failed (its budget is released by the status change)."""
         async with heartbeating():
-            order = await self.deps.store.get_order_row(request.order_id)
-            position = await self.deps.store.get_position(order["position_id"])
-            gateway = await self._gateway(Exchange(order["exchange"]), order["account"])
-            submitted = await self._submit(gateway, order, position)
-            if isinstance(submitted, OrderOutcome):
-                return submitted
-            return await self._fail_open(order, submitted.message, submitted)
+            return await self._place(request.order_id)
+
+    async def _place(self, order_id: int) -> OrderOutcome:
+        order = await self.deps.store.get_order_row(order_id)
+        position = await self.deps.store.get_position(order["position_id"])
+        gateway = await self._gateway(Exchange(order["exchange"]), order["account"])
+        submitted = await self._submit(gateway, order, position)
+        if isinstance(submitted, OrderOutcome):
+            return submitted
+        return await self._fail_open(order, submitted.message, submitted)
 
     @activity.defn(name="abandon_open")
     async def abandon_open(self, request: PlaceOrderInput) -> OrderOutcome:

@@ -24,10 +24,9 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
+    WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -130,59 +129,49 @@ class EgisClient:
         bot = await self.get_bot(request.bot)  # an unknown bot is refused before anything starts
         context = BotContext(bot=bot.name, exchange=bot.exchange, account=bot.account, aged=bot.aged)
         workflow_id = position_workflow_id(request.bot, request.ref)
+        start = WithStartWorkflowOperation(
+            PositionWorkflow.run,
+            PositionWorkflowInput(request=request, bot_context=context),
+            id=workflow_id,
+            task_queue=self.settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            # the web UI's User Metadata: `alpha: long BTCUSDT $100, ref sig-42`, and what was asked
+            static_summary=position_summary(request),
+            static_details=position_static_details(request, context, started_by),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_BOT_ID, request.bot),
+                    SearchAttributePair(SA_SYMBOL, request.symbol),
+                    SearchAttributePair(SA_POSITION_SIDE, request.side.value),
+                    SearchAttributePair(SA_POSITION_STATUS, "opening"),
+                    SearchAttributePair(SA_EXCHANGE, bot.exchange.value),
+                ]
+            ),
+        )
+        temporal = self.require_temporal()
         try:
-            handle = await self.require_temporal().start_workflow(
-                PositionWorkflow.run,
-                PositionWorkflowInput(request=request, bot_context=context),
-                id=workflow_id,
-                task_queue=self.settings.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                # the web UI's User Metadata: `alpha: long BTCUSDT $100, ref sig-42`, and what was asked
-                static_summary=position_summary(request),
-                static_details=position_static_details(request, context, started_by),
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(SA_BOT_ID, request.bot),
-                        SearchAttributePair(SA_SYMBOL, request.symbol),
-                        SearchAttributePair(SA_POSITION_SIDE, request.side.value),
-                        SearchAttributePair(SA_POSITION_STATUS, "opening"),
-                        SearchAttributePair(SA_EXCHANGE, bot.exchange.value),
-                    ]
-                ),
+            # one call: start the workflow and ask it (update `opened`) for the settled position;
+            # the answer arrives when the open settles, no polling
+            update = await temporal.start_update_with_start_workflow(
+                PositionWorkflow.opened, start_workflow_operation=start, wait_for_stage=WorkflowUpdateStage.ACCEPTED
             )
         except WorkflowAlreadyStartedError:
             raise PositionAlreadyOpen(
                 f"position {workflow_id} was already started: each --ref opens at most one position"
             ) from None
+        except WorkflowUpdateFailedError as exc:
+            raise _typed_update(exc) from None
         if wait is None:
             return PositionView(
                 workflow_id=workflow_id, bot=request.bot, symbol=request.symbol, side=request.side, status="opening"
             )
-        return await self._wait_until_settled(handle, wait)
-
-    async def _wait_until_settled(self, handle: WorkflowHandle[Any, Any], timeout: float) -> PositionView:
-        from workflows.position import PositionWorkflow
-
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            description = await handle.describe()
-            if description.status is not None and description.status != WorkflowExecutionStatus.RUNNING:
-                try:
-                    await handle.result()
-                except WorkflowFailureError as exc:
-                    raise _typed(exc) from None
-            view = await handle.query(PositionWorkflow.state)
-            if view.status == "rejected":  # the workflow is failing with the reason: raise it
-                try:
-                    await handle.result()
-                except WorkflowFailureError as exc:
-                    raise _typed(exc) from None
-            if view.status != "opening":
-                return view
-            if asyncio.get_running_loop().time() > deadline:
-                return view
-            await asyncio.sleep(0.1)
+        try:
+            return await asyncio.wait_for(update.result(), timeout=wait)
+        except WorkflowUpdateFailedError as exc:
+            raise _typed_update(exc) from None
+        except TimeoutError:  # still opening: answer with what the workflow knows now
+            return await temporal.get_workflow_handle(workflow_id).query(PositionWorkflow.state)
 
     async def workflow_id_of(self, position: str) -> str:
         """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""
@@ -352,7 +341,7 @@ class EgisClient:
         )
 
 
-def _typed(exc: WorkflowFailureError) -> EgisError:
+def _typed_update(exc: WorkflowUpdateFailedError) -> EgisError:
     cause = exc.cause
     if isinstance(cause, ApplicationError):
         return rebuild(cause.type, cause.message)

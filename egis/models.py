@@ -295,6 +295,18 @@ class PlaceOrderInput(BaseModel):
     order_id: int
 
 
+class OpenInput(BaseModel):
+    """The whole open in one activity (`open_position`): plan, reserve, send, record."""
+
+    workflow_id: str
+    bot: str
+    symbol: str
+    side: Side
+    usd: Decimal
+    exchange: Exchange
+    account: str
+
+
 class OrderOutcome(BaseModel):
     order_id: int
     client_order_id: str
@@ -305,6 +317,7 @@ class OrderOutcome(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     position_status: PositionStatus
+    position_id: int | None = None  # set by open_position (the workflow learns its row from it)
 
 
 class CloseInput(BaseModel):

@@ -34,6 +34,7 @@ from egis.models import (
     CloseRequest,
     CloseResult,
     Exchange,
+    OpenInput,
     OpenPlan,
     OpenPositionInput,
     OrderOutcome,
@@ -80,6 +81,18 @@ class Fakes:
                 position_status=PositionStatus.OPEN,
             )
 
+        @activity.defn(name="open_position")
+        async def open_position(request: OpenInput) -> OrderOutcome:  # the open in one activity (patch LEAN)
+            return OrderOutcome(
+                order_id=70,
+                client_order_id="egu7o1",
+                status=OrderStatus.FILLED,
+                filled_quantity=D("0.002"),
+                average_price=D(60000),
+                position_status=PositionStatus.OPEN,
+                position_id=7,
+            )
+
         @activity.defn(name="close_position")
         async def close_position(request: CloseInput) -> CloseResult:
             self.close_calls.append(request)
@@ -103,7 +116,7 @@ class Fakes:
                 error_message=request.error,
             )
 
-        return [reserve_position, close_failed], [plan_open, place_open_order, close_position]
+        return [reserve_position, close_failed], [plan_open, place_open_order, open_position, close_position]
 
 
 def still_closing() -> CloseResult:

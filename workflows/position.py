@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.common import Priority, RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         ExternalClose,
         ObserveInput,
         ObserveResult,
+        OpenInput,
         OpenPlan,
         OrderOutcome,
         PlaceOrderInput,
@@ -76,6 +77,14 @@ OPEN_DEADLINE = timedelta(minutes=2)
 """An open that cannot complete within this is abandoned (after a last look-up): no stale entries."""
 WATCH_RECHECK = timedelta(minutes=30)
 """How often an aged position makes sure its account's price watcher is running."""
+LEAN = "lean-lifecycle"
+"""Patch: the open in one activity, no search-attribute upsert for the passing `closing` status,
+the memo written once the position is final (the UI's current details carry the live state).
+Runs recorded before it replay the old path."""
+CLOSE_FIRST = Priority(priority_key=1)
+"""A close goes ahead of everything else waiting on its rate-limited account queue (plans, syncs,
+aged checks: the default 3); an open (2) ahead of the maintenance reads. Lower runs first."""
+OPEN_NEXT = Priority(priority_key=2)
 LIVE = (PositionStatus.OPENING, PositionStatus.OPEN)
 ENDED = ("closed", "failed", "rejected")
 
@@ -111,6 +120,9 @@ class PositionWorkflow:
         self._aged_phase: str | None = None
         self._watch_ensured_at = None
         self._waiting = "the workflow to start"
+        self._lean = False  # decided at the start of run (the patch LEAN)
+        self._indexed: str | None = "opening" if state.bot_context is not None and state.context is None else None
+        self._refusal: ApplicationError | None = None
 
     # ------------------------------------------------------------------ handlers
     @workflow.query(description="What the workflow believes about its position (status, quantity, prices, PnL).")
@@ -181,6 +193,16 @@ class PositionWorkflow:
         if self._s.pending_close is not None:
             raise ValueError(f"position {wid} already has a close request pending ({self._s.pending_close.reason})")
 
+    @workflow.update(
+        description="Wait until the open settles and answer with the position (what `egis open` does, in one "
+        "call with the start). Fails with the reason when the open is refused."
+    )
+    async def opened(self) -> PositionView:
+        await workflow.wait_condition(lambda: self._s.status != PositionStatus.OPENING)
+        if self._refusal is not None:
+            raise self._refusal
+        return self.state()
+
     @workflow.signal(
         description="Internal, sent by the exchange-sync job (do not send by hand): the exchange disagrees "
         "with the database about this position; the workflow re-reads it and records what is true."
@@ -214,6 +236,7 @@ class PositionWorkflow:
     # ------------------------------------------------------------------ run
     @workflow.run
     async def run(self, state: PositionWorkflowInput) -> PositionResult:
+        self._lean = workflow.patched(LEAN)
         if self._s.context is None:
             refused = await self._open()
             if refused is not None:
@@ -228,17 +251,30 @@ class PositionWorkflow:
 
     def _set_status(self, status: str) -> None:
         self._s.status = status
+        if self._lean:
+            # the search attribute follows the statuses people filter on (not the passing
+            # `closing`); the memo is written once, when final; the current details say the rest
+            if status not in (PositionStatus.CLOSING, self._indexed):
+                workflow.upsert_search_attributes([SA_POSITION_STATUS.value_set(status)])
+                self._indexed = status
+            if status in ENDED:
+                workflow.upsert_memo({"summary": self._summary()})
+            self._show("nothing: the position is final" if status in ENDED else None)
+            return
         workflow.upsert_search_attributes([SA_POSITION_STATUS.value_set(status)])
+        workflow.upsert_memo({"summary": self._summary()})
+        self._show("nothing: the position is final" if status in ENDED else None)
+
+    def _summary(self) -> str:
         r = self._s.request
-        parts = [f"{r.bot}: {r.side} {r.symbol} ${r.usd}", status]
+        parts = [f"{r.bot}: {r.side} {r.symbol} ${r.usd}", self._s.status]
         if self._s.quantity is not None:
             parts.append(f"qty {_num(self._s.quantity)} @ {_num(self._s.entry_price)}")
         if self._exit_reason:
             parts.append(f"{self._exit_reason} @ {_num(self._exit_price)}")
         if self._s.last_error:
             parts.append(f"error: {self._s.last_error[:80]}")
-        workflow.upsert_memo({"summary": " | ".join(parts)})
-        self._show("nothing: the position is final" if status in ENDED else None)
+        return " | ".join(parts)
 
     def _show(self, waiting: str | None = None) -> None:
         """The current details on the web UI's User Metadata tab (markdown; no history event)."""
@@ -276,8 +312,11 @@ class PositionWorkflow:
         message = cause.message if isinstance(cause, ApplicationError) else str(error)
         kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "OpenRefused"
         self._s.last_error = f"{stage}: {message}"
+        self._refusal = ApplicationError(f"{stage}: {message}", type=kind, non_retryable=True)
         self._set_status("rejected")
-        raise ApplicationError(f"{stage}: {message}", type=kind, non_retryable=True)
+        if self._lean:  # the `opened` update answers with the refusal before the run fails
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        raise self._refusal
 
     async def _open(self) -> PositionResult | None:
         r = self._s.request
@@ -285,7 +324,10 @@ class PositionWorkflow:
             # started by egis.client, which read the bot and set every search attribute at start;
             # a stale context is caught by reserve_position, which checks the bot's row again
             ctx = self._s.bot_context
-            self._set_status(PositionStatus.OPENING)
+            if not self._lean:  # the client set every search attribute at start
+                self._set_status(PositionStatus.OPENING)
+            else:
+                self._show()
         else:  # started by hand (web UI, temporal CLI), or recorded before the client sent it
             workflow.upsert_search_attributes(
                 [SA_BOT_ID.value_set(r.bot), SA_SYMBOL.value_set(r.symbol), SA_POSITION_SIDE.value_set(r.side.value)]
@@ -306,6 +348,11 @@ class PositionWorkflow:
         self._s.context = ctx
         where = f"{ctx.exchange.value}/{ctx.account}"
         self._show(f"the open on {where}: price and size, reserve the budget, send the order")
+        if self._lean:
+            outcome = await self._open_in_one(ctx, where)
+            if outcome is None:
+                return None  # refused: _refuse raised
+            return self._opened(outcome)
         try:
             plan = await workflow.execute_activity(
                 "plan_open",
@@ -360,6 +407,52 @@ class PositionWorkflow:
                 retry_policy=READ_RETRY,
                 summary=f"the open did not complete: look the order up on {where}, then give up",
             )
+        return self._opened(outcome)
+
+    async def _open_in_one(self, ctx: BotContext, where: str) -> OrderOutcome | None:
+        """The lean open: one activity on the account's queue (plan, reserve, send, record). If it
+        fails (a refusal, or the deadline), one more activity says whether anything was written:
+        nothing -> refused; a reservation -> its order is looked up once, then failed."""
+        r = self._s.request
+        try:
+            outcome = await workflow.execute_activity(
+                "open_position",
+                OpenInput(
+                    workflow_id=workflow.info().workflow_id,
+                    bot=r.bot,
+                    symbol=r.symbol,
+                    side=r.side,
+                    usd=r.usd,
+                    exchange=ctx.exchange,
+                    account=ctx.account,
+                ),
+                result_type=OrderOutcome,
+                task_queue=self._account_queue(),
+                start_to_close_timeout=timedelta(seconds=60),
+                heartbeat_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=OPEN_DEADLINE,
+                retry_policy=ORDER_RETRY,
+                priority=OPEN_NEXT,
+                summary=f"open {r.side.value} {usd(r.usd)} of {r.symbol} on {where}: check, reserve, send, record",
+            )
+        except ActivityError as exc:
+            settled = await workflow.execute_activity(
+                "abandon_open_for",
+                workflow.info().workflow_id,
+                result_type=OrderOutcome | None,
+                task_queue=self._account_queue(),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=READ_RETRY,
+                summary=f"the open did not complete: was anything written? look its order up on {where}",
+            )
+            if settled is None:
+                await self._refuse(exc, "open refused")
+                return None
+            outcome = settled
+        self._s.position_id = outcome.position_id
+        return outcome
+
+    def _opened(self, outcome: OrderOutcome) -> PositionResult | None:
         if outcome.position_status is PositionStatus.FAILED:
             self._s.last_error = outcome.error_message
             self._set_status(PositionStatus.FAILED)
@@ -487,6 +580,7 @@ class PositionWorkflow:
                     start_to_close_timeout=timedelta(seconds=120),
                     heartbeat_timeout=timedelta(seconds=10),
                     retry_policy=ORDER_RETRY,
+                    priority=CLOSE_FIRST if self._lean else Priority.default,
                     summary=f"verify on {where}, then close ({request.reason}, attempt {self._s.close_attempts})",
                 )
             except ActivityError as exc:

@@ -827,6 +827,22 @@ class Store:
             )
             return [dict(r) for r in rows.mappings()]
 
+    async def reservation_of(self, workflow_id: str) -> ReservedPosition | None:
+        """The position and OPEN order a workflow's reservation wrote, if it did."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(positions.c.id, positions.c.uid, orders.c.id.label("order_id"), orders.c.client_order_id)
+                    .join(orders, (orders.c.position_id == positions.c.id) & (orders.c.intent == Intent.OPEN.value))
+                    .where(positions.c.workflow_id == workflow_id)
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return ReservedPosition(
+            position_id=row.id, uid=row.uid, order_id=row.order_id, client_order_id=row.client_order_id
+        )
+
     async def close_snapshot(self, position_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The position and its close orders that were sent but never settled, in one connection."""
         async with self.engine.connect() as conn:
