@@ -207,7 +207,7 @@ def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None =
     return Worker(
         client,
         task_queue=deps.settings.task_queue,
-        # a versioning behaviour only with a deployment version (workflows/unversioned.py)
+        # a versioning behaviour only with a deployment version (workflows/registry.py)
         workflows=workflows_for(deployment is not None) if workflows is None else workflows,
         activities=main_queue_activities(deps),
         # a payload that fails validation fails the workflow with a clear error instead of

@@ -16,7 +16,18 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import budget, close_latency, ghosts, maintenance, open_latency, rate_limit, streams, throughput
+from bench import (
+    budget,
+    busy_queue,
+    close_latency,
+    ghosts,
+    maintenance,
+    open_latency,
+    rate_limit,
+    scale,
+    streams,
+    throughput,
+)
 from bench.config import FULL, QUICK, Sizes
 from bench.env import BenchEnv, bench_env
 from bench.report import INVARIANTS, SectionResult, document, render, write
@@ -33,6 +44,8 @@ SECTIONS: dict[str, Section] = {
     "6": open_latency.run,
     "7": streams.run,
     "8": rate_limit.run,
+    "9": busy_queue.run,
+    "10": scale.run,
 }
 
 

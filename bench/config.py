@@ -27,6 +27,10 @@ class Sizes:
     reservations: int = 200  # section 5: concurrent reservations
     budget_repeats: int = 3  # section 5: contended / spread runs, alternated
     rate_burst: int = 120  # section 8: activities in the burst on one rate-limited account (10/s: 12 s)
+    busy_rounds: int = 2  # section 9: accounts, five closes each on a busy queue and five on an idle one
+    busy_backlog: int = 80  # section 9: reads queued ahead of the closes (8 activities/s: 10 s)
+    scale_per_account: int = 20  # section 10: positions per account (5 accounts; full: 10,000 in all)
+    scale_closes: int = 10  # section 10: manual closes, empty and loaded
 
     def accounts(self) -> dict[str, int]:
         """Simulator accounts per group: `lc` for sections 1 and 2 (all positions of section 1 are
@@ -68,4 +72,8 @@ FULL = Sizes(
     stream_fault_ghosts=10,
     rest_window_s=120.0,
     rate_burst=300,
+    busy_rounds=6,
+    busy_backlog=160,
+    scale_per_account=2000,
+    scale_closes=50,
 )

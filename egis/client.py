@@ -129,17 +129,16 @@ class EgisClient:
         bot = await self.get_bot(request.bot)  # an unknown bot is refused before anything starts
         context = BotContext(bot=bot.name, exchange=bot.exchange, account=bot.account, aged=bot.aged)
         workflow_id = position_workflow_id(request.bot, request.ref)
-        start = WithStartWorkflowOperation(
-            PositionWorkflow.run,
-            PositionWorkflowInput(request=request, bot_context=context),
-            id=workflow_id,
-            task_queue=self.settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        arg = PositionWorkflowInput(request=request, bot_context=context)
+        options: dict[str, Any] = {
+            "id": workflow_id,
+            "task_queue": self.settings.task_queue,
+            "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
             # the web UI's User Metadata: `alpha: long BTCUSDT $100, ref sig-42`, and what was asked
-            static_summary=position_summary(request),
-            static_details=position_static_details(request, context, started_by),
-            search_attributes=TypedSearchAttributes(
+            "static_summary": position_summary(request),
+            "static_details": position_static_details(request, context, started_by),
+            "search_attributes": TypedSearchAttributes(
                 [
                     SearchAttributePair(SA_BOT_ID, request.bot),
                     SearchAttributePair(SA_SYMBOL, request.symbol),
@@ -148,30 +147,43 @@ class EgisClient:
                     SearchAttributePair(SA_EXCHANGE, bot.exchange.value),
                 ]
             ),
-        )
+        }
         temporal = self.require_temporal()
         try:
+            if wait is None:  # fire and forget: the start alone
+                await temporal.start_workflow(PositionWorkflow.run, arg, **options)
+                return PositionView(
+                    workflow_id=workflow_id, bot=request.bot, symbol=request.symbol, side=request.side, status="opening"
+                )
             # one call: start the workflow and ask it (update `opened`) for the settled position;
             # the answer arrives when the open settles, no polling
-            update = await temporal.start_update_with_start_workflow(
-                PositionWorkflow.opened, start_workflow_operation=start, wait_for_stage=WorkflowUpdateStage.ACCEPTED
-            )
+            return await asyncio.wait_for(self._open_and_wait(arg, options), timeout=wait)
         except WorkflowAlreadyStartedError:
             raise PositionAlreadyOpen(
                 f"position {workflow_id} was already started: each --ref opens at most one position"
             ) from None
         except WorkflowUpdateFailedError as exc:
             raise _typed_update(exc) from None
-        if wait is None:
+        except TimeoutError:  # not settled within `wait` (e.g. no worker is running): say so, no guess
+            try:
+                await temporal.get_workflow_handle(workflow_id).describe()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    raise StackError(f"Temporal did not start {workflow_id} within {wait} s") from None
+                raise
             return PositionView(
                 workflow_id=workflow_id, bot=request.bot, symbol=request.symbol, side=request.side, status="opening"
             )
-        try:
-            return await asyncio.wait_for(update.result(), timeout=wait)
-        except WorkflowUpdateFailedError as exc:
-            raise _typed_update(exc) from None
-        except TimeoutError:  # still opening: answer with what the workflow knows now
-            return await temporal.get_workflow_handle(workflow_id).query(PositionWorkflow.state)
+
+    async def _open_and_wait(self, arg: PositionWorkflowInput, options: dict[str, Any]) -> PositionView:
+        from workflows.position import PositionWorkflow
+
+        update = await self.require_temporal().start_update_with_start_workflow(
+            PositionWorkflow.opened,
+            start_workflow_operation=WithStartWorkflowOperation(PositionWorkflow.run, arg, **options),
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        )
+        return await update.result()
 
     async def workflow_id_of(self, position: str) -> str:
         """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""

@@ -52,3 +52,12 @@ class AccountStreamWorkflow:
                 return
             if workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(request)
+
+
+@workflow.defn(name="AccountStreamWorkflow")
+class UnversionedAccountStreamWorkflow(AccountStreamWorkflow):
+    """AccountStreamWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self, request: AccountInput) -> None:
+        return await super().run(request)

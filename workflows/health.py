@@ -21,3 +21,12 @@ class HealthWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             summary="database round trip from the worker",
         )
+
+
+@workflow.defn(name="HealthWorkflow")
+class UnversionedHealthWorkflow(HealthWorkflow):
+    """HealthWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self) -> HealthReport:
+        return await super().run()

@@ -139,3 +139,30 @@ class PhantomCleanupWorkflow:
             reads = [await _read_account(Exchange.BINANCEUSDM, account) for account in accounts]
             request = request.model_copy(update={"exchange_reads": reads})
         return await _maintain("cleanup_phantom_shorts", request, "phantom_cleanup")
+
+
+@workflow.defn(name="ExchangeSyncWorkflow")
+class UnversionedExchangeSyncWorkflow(ExchangeSyncWorkflow):
+    """ExchangeSyncWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self, request: SyncInput) -> SyncReport:
+        return await super().run(request)
+
+
+@workflow.defn(name="PaperReconcileWorkflow")
+class UnversionedPaperReconcileWorkflow(PaperReconcileWorkflow):
+    """PaperReconcileWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self, request: MaintenanceInput) -> MaintenanceReport:
+        return await super().run(request)
+
+
+@workflow.defn(name="PhantomCleanupWorkflow")
+class UnversionedPhantomCleanupWorkflow(PhantomCleanupWorkflow):
+    """PhantomCleanupWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self, request: MaintenanceInput) -> MaintenanceReport:
+        return await super().run(request)

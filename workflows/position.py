@@ -655,3 +655,16 @@ class PositionWorkflow:
             self._set_status(result.status)
             self._last_close = result
             self._close_seq += 1
+
+
+@workflow.defn(name="PositionWorkflow")
+class UnversionedPositionWorkflow(PositionWorkflow):
+    """PositionWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.init
+    def __init__(self, state: PositionWorkflowInput) -> None:
+        super().__init__(state)
+
+    @workflow.run
+    async def run(self, state: PositionWorkflowInput) -> PositionResult:
+        return await super().run(state)

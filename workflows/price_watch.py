@@ -56,3 +56,12 @@ class PriceWatchWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(state.model_copy(update={"idle_ticks": idle}))
         return triggered
+
+
+@workflow.defn(name="PriceWatchWorkflow")
+class UnversionedPriceWatchWorkflow(PriceWatchWorkflow):
+    """PriceWatchWorkflow for workers without a build id (workflows/registry.py says why)."""
+
+    @workflow.run
+    async def run(self, state: WatcherInput) -> int:
+        return await super().run(state)

@@ -7,7 +7,9 @@ Bybit answers retCode 10006 at HTTP 200 with `X-Bapi-Limit-Reset-Timestamp`, and
 ("access too frequent") when an IP exceeds its limit, lifted after at least 10 minutes
 (bybit-exchange/docs docs/v5/rate-limit.mdx). Calling during a ban extends it, so no request
 may go out until it ends, from ANY worker: the deadline lives in PostgreSQL
-(`exchange_backoffs`) and every call reads it (one primary-key read) before it is sent.
+(`exchange_backoffs`) and a call reads it (one primary-key read) before it is sent, unless this
+process read it less than SHARED_READ_SECONDS ago (the calls of one activity share one read; a
+back-off set here is known here at once).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DEFAULT_SECONDS = {
 """Used when the answer carries no Retry-After / reset time. Bybit's IP ban says nothing about its
 length beyond "at least 10 minutes"; EGIS_BYBIT_IP_BAN_SECONDS changes that wait (the chaos runner
 shortens it, its simulated bans last seconds)."""
+SHARED_READ_SECONDS = 0.25
+"""How long a read of the shared deadline stands for this process: a back-off another worker
+records is seen within this, about the time one exchange request takes anyway."""
 MAX_SECONDS = 3 * 24 * 3600.0  # Binance's longest ban: 3 days
 
 
@@ -65,11 +70,13 @@ class Backoff:
         self.account = account
         self.engine = engine
         self._until = 0.0  # epoch seconds
+        self._read_at = -SHARED_READ_SECONDS  # monotonic time of the last read of the shared deadline
 
     async def remaining(self) -> float:
         """Seconds until requests may go out again (0: now). Reads the shared deadline; if the
         database cannot be read, the last one known here still holds."""
-        if self.engine is not None:
+        if self.engine is not None and time.monotonic() - self._read_at >= SHARED_READ_SECONDS:
+            self._read_at = time.monotonic()
             try:
                 async with self.engine.connect() as conn:
                     until = (

@@ -1,0 +1,328 @@
+"""Section 10: 10,000 open positions (full mode; `scale_per_account` x 5 accounts).
+
+Its own simulator lists the five default markets plus `scale_per_account` synthetic ones
+(`egis.simulator.markets.synthetic_markets`), so that each account can hold one live position
+per symbol (one-way mode) and one account can hold 2,000 positions. Five accounts, one bot
+each: a Binance account whose bot has an aged policy (every position is aged a second after
+it opens and waits in its grace phase for breakeven, which never comes: the prices are
+lowered once everything is open), a second Binance account, two Bybit accounts (2,000
+positions is ten pages of /v5/position/list) and a paper account priced by the same simulator.
+
+Measured first with the system empty (the "baseline" column), then with every position open:
+- worker, Temporal and PostgreSQL resident memory (RSS, with their child processes);
+- exchange sync of one account (`egis sync`: one read of the account, compared with the
+  database) and paper reconciliation;
+- the price watcher's tick on the aged account (the `check_aged_exits` activity, from the
+  watcher's history: phases, targets, one tickers request for the account);
+- manual close p50 / p99 (`closes` positions, one after the other);
+- the time to restart the worker (kill -9, start, pollers back) and have every open position
+  answer its `state` query again (each is replayed into the new worker's cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import psutil
+from sqlalchemy import func, select
+from temporalio.api.enums.v1 import EventType
+
+from bench.config import Sizes
+from bench.env import BOT_BUDGET, UNTHROTTLED, Account, BenchEnv, BenchError, served_queues, wait_for_pollers
+from bench.report import Row, SectionResult
+from bench.stats import percentile, summary
+from egis.db.schema import positions
+from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
+from egis.models import (
+    AgedPolicy,
+    BotSpec,
+    CloseRequest,
+    Exchange,
+    OpenPositionInput,
+    Side,
+    watcher_workflow_id,
+)
+from egis.simulator.control import SimulatorControl
+from egis.simulator.markets import DEFAULT_MARKETS, synthetic_markets
+from egis.simulator.server import start_simulator
+from workflows.position import PositionWorkflow
+
+NAME = "10 scale"
+USD = Decimal(20)  # above every synthetic market's minimum order value (5)
+START_CONCURRENCY = 100
+QUERY_CONCURRENCY = 100
+AGED = AgedPolicy(
+    max_age_s=1, grace_s=30 * 24 * 3600, loss_step_pct=Decimal(1), max_loss_pct=Decimal(5), expire_s=31 * 24 * 3600
+)
+"""Aged a second after the open, then a month of grace at breakeven: watched every tick, never closed."""
+LAYOUT = (
+    ("aged", Exchange.BINANCEUSDM),
+    ("bn", Exchange.BINANCEUSDM),
+    ("by1", Exchange.BYBIT),
+    ("by2", Exchange.BYBIT),
+    ("pp", Exchange.PAPER),
+)
+
+
+async def run(env: BenchEnv, sizes: Sizes) -> SectionResult:
+    per = sizes.scale_per_account
+    extra = synthetic_markets(per)
+    sim = await start_simulator(markets=(*DEFAULT_MARKETS, *extra))
+    try:
+        async with SimulatorControl(sim.base_url) as control:
+            await control.settings(**UNTHROTTLED)
+            scale = _Scale(env, control, sim.base_url, {m.symbol: m.initial_price for m in extra}, sizes)
+            data = await scale.measure()
+    finally:
+        await sim.stop()
+    return SectionResult(NAME, _rows(data), data)
+
+
+class _Scale:
+    def __init__(
+        self, env: BenchEnv, control: SimulatorControl, base_url: str, prices: dict[str, Decimal], sizes: Sizes
+    ) -> None:
+        self.env, self.control, self.base_url, self.sizes = env, control, base_url, sizes
+        self.prices = prices
+        self.symbols = list(prices)
+        tag = uuid.uuid4().hex[:4]
+        self.tag = tag
+        self.accounts = {name: Account(f"bench-sc{tag}-{name}", ex, f"bench-sc{tag}-{name}-key") for name, ex in LAYOUT}
+
+    async def measure(self) -> dict[str, Any]:
+        await self._create_accounts()
+        data: dict[str, Any] = {"positions": 0, "per_account": self.sizes.scale_per_account}
+        closes = self.sizes.scale_closes
+        # --- the empty system: a few positions only (the closes' baseline, the watcher's first ticks)
+        few = await self._open("by1", self.symbols[-closes:], "base")
+        aged_one = await self._open("aged", self.symbols[:1], "one")
+        await asyncio.sleep(3 * self.env.settings.watch_tick_seconds)  # the watcher ticks with one aged position
+        empty = {
+            "rss_mb": self._rss(),
+            "sync_s": await self._sync_times(),
+            "tick_ms": await self._ticks(),
+            "close_ms": await self._closes(few),
+            "restart": await self._restart(aged_one),
+        }
+        # --- load: every account full (the aged account's first symbol is open already)
+        started = time.perf_counter()
+        loaded: list[str] = list(aged_one)
+        for name in self.accounts:
+            wanted = self.symbols[1:] if name == "aged" else self.symbols
+            loaded += await self._open(name, wanted, "load")
+        open_s = time.perf_counter() - started
+        data["positions"] = len(loaded)
+        data["open_s"] = open_s
+        for symbol in self.symbols:  # every long below its entry: no aged exit reaches breakeven
+            await self.control.set_price(symbol, self.prices[symbol] * Decimal("0.9"))
+        await asyncio.sleep(3 * self.env.settings.watch_tick_seconds)
+        victims, rest = loaded[-closes:], loaded[:-closes]
+        full = {
+            "rss_mb": self._rss(),
+            "sync_s": await self._sync_times(),
+            "tick_ms": await self._ticks(),
+            "close_ms": await self._closes(victims),
+            "restart": await self._restart(rest),
+        }
+        data |= {"empty": empty, "full": full}
+        return data
+
+    # ------------------------------------------------------------ setup
+    async def _create_accounts(self) -> None:
+        env = self.env
+        for name, account in self.accounts.items():
+            config = AccountConfig(
+                exchange=account.exchange,
+                api_key=None if account.exchange is Exchange.PAPER else account.api_key,
+                secret=None if account.exchange is Exchange.PAPER else f"{account.ref}-secret",
+                base_url=None if account.exchange is Exchange.PAPER else self.base_url,
+                activities_per_second=0,
+                stream=False,
+                price_source=PriceSource(base_url=self.base_url) if account.exchange is Exchange.PAPER else None,
+                starting_balance=Decimal(10_000_000),
+            )
+            write_account(env.settings.resolved_accounts_dir, account.ref, config)
+            spec = BotSpec(
+                name=account.ref,
+                exchange=account.exchange,
+                account=account.ref,
+                budget_usd=BOT_BUDGET,
+                aged=AGED if name == "aged" else None,
+            )
+            await env.client.create_bot(spec, actor="bench")
+        live = [a for a in self.accounts.values() if a.exchange is not Exchange.PAPER]
+        await self.control.add_api_keys({a.api_key: f"{a.ref}-secret" for a in live})
+        for account in live:
+            await self.control.set_balance(account.api_key, Decimal(10_000_000))
+        await wait_for_pollers(env.temporal, env.worker, served_queues(env.settings, self.accounts.values()))
+
+    async def _open(self, name: str, symbols: list[str], tag: str) -> list[str]:
+        """Open a long in each symbol on the account (started at START_CONCURRENCY at a time),
+        wait until all are open; returns their workflow ids."""
+        account = self.accounts[name]
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(symbol: str) -> str:
+            request = OpenPositionInput(bot=account.ref, symbol=symbol, side=Side.LONG, usd=USD, ref=f"{tag}-{symbol}")
+            async with gate:
+                return (await self.env.client.open_position(request, wait=None)).workflow_id
+
+        ids = await asyncio.gather(*(start(s) for s in symbols))
+        deadline = time.monotonic() + 60 + len(ids)  # a second per position is far more than enough
+        prefix = f"pos-{account.ref}-{tag}-"
+        while True:
+            async with self.env.client.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(positions.c.status, func.count())
+                        .where(positions.c.workflow_id.like(f"{prefix}%"))
+                        .group_by(positions.c.status)
+                    )
+                ).all()
+            counts = {status: n for status, n in rows}
+            if counts.get("open", 0) == len(ids):
+                return ids
+            if set(counts) - {"open", "opening"}:
+                raise BenchError(f"section 10: opens on {account.ref} ended {counts}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"section 10: only {counts.get('open', 0)} of {len(ids)} opened on {account.ref}")
+            await asyncio.sleep(2)
+
+    # ------------------------------------------------------------ measurements
+    def _rss(self) -> dict[str, float]:
+        out = {}
+        for name, (pid, descendants) in self.env.pids().items():
+            if name.startswith("bench"):
+                continue
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)] if descendants else [proc]
+            total = 0
+            for p in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += p.memory_info().rss
+            out[name] = total / 2**20
+        return out
+
+    async def _sync_times(self) -> dict[str, float]:
+        out = {}
+        for name, account in self.accounts.items():
+            if account.exchange is Exchange.PAPER:
+                started = time.perf_counter()
+                await self.env.client.reconcile_paper(fix=False, debug=False, actor="bench")
+            else:
+                started = time.perf_counter()
+                reports = await self.env.client.sync(account.exchange, account.ref)
+                if any(r.ghosts or r.drifts or r.orphans for r in reports):
+                    raise BenchError(f"section 10: sync of {account.ref} found differences: {reports}")
+            out[name] = time.perf_counter() - started
+        return out
+
+    async def _ticks(self) -> dict[str, float]:
+        """The last ticks of the aged account's watcher: check_aged_exits start -> completion."""
+        account = self.accounts["aged"]
+        watcher = watcher_workflow_id(self.env.settings.task_queue, account.exchange, account.ref)
+        history = await self.env.temporal.get_workflow_handle(watcher).fetch_history()
+        started: dict[int, float] = {}
+        durations = []
+        for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                started[event.activity_task_started_event_attributes.scheduled_event_id] = (
+                    event.event_time.ToDatetime().timestamp()
+                )
+            elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+                if scheduled in started:
+                    durations.append(event.event_time.ToDatetime().timestamp() - started[scheduled])
+        if not durations:
+            raise BenchError(f"section 10: the watcher {watcher} has not ticked")
+        last = durations[-3:]
+        return {"ticks": len(last), "p50": percentile(last, 50) * 1000, "max": max(last) * 1000}
+
+    async def _closes(self, workflow_ids: list[str]) -> dict[str, float]:
+        latencies = []
+        for workflow_id in workflow_ids:
+            started = time.perf_counter()
+            result = await self.env.client.close_position(workflow_id, CloseRequest(), wait=True)
+            latencies.append(time.perf_counter() - started)
+            if result is None or result.status != "closed":
+                raise BenchError(f"section 10: a close ended {result}")
+        return summary(latencies, 1000)
+
+    async def _restart(self, workflow_ids: list[str]) -> dict[str, float]:
+        """kill -9 the worker, start it, then query every position until each answers."""
+        env = self.env
+        started = time.perf_counter()
+        await env.kill_worker()
+        await env.start_worker()
+        await wait_for_pollers(env.temporal, env.worker, served_queues(env.settings, self.accounts.values()))
+        polling = time.perf_counter() - started
+        gate = asyncio.Semaphore(QUERY_CONCURRENCY)
+
+        async def ask(workflow_id: str) -> None:
+            async with gate:
+                for _ in range(10):
+                    try:
+                        view = await env.temporal.get_workflow_handle(workflow_id).query(
+                            PositionWorkflow.state, rpc_timeout=timedelta(seconds=60)
+                        )
+                    except Exception:  # the worker is still catching up: ask again
+                        await asyncio.sleep(1)
+                        continue
+                    if view.status != "open":
+                        raise BenchError(f"section 10: {workflow_id} answers {view.status}")
+                    return
+                raise BenchError(f"section 10: {workflow_id} never answered its state query")
+
+        await asyncio.gather(*(ask(w) for w in workflow_ids))
+        return {"positions": len(workflow_ids), "pollers_s": polling, "all_answering_s": time.perf_counter() - started}
+
+
+def _rows(data: dict[str, Any]) -> list[Row]:
+    empty, full = data["empty"], data["full"]
+    n = data["positions"]
+    base = "the same, system nearly empty"
+    rows = [
+        Row(NAME, "open positions (5 accounts)", n),
+        Row(NAME, "  time to open them all (s)", data["open_s"]),
+    ]
+    for proc in full["rss_mb"]:
+        rows.append(Row(NAME, f"RSS {proc} (MB)", full["rss_mb"][proc], empty["rss_mb"][proc], base))
+    for name in full["sync_s"]:
+        what = "paper reconciliation (s)" if name == "pp" else f"sync cycle, account {name} (s)"
+        rows.append(Row(NAME, what, full["sync_s"][name], empty["sync_s"][name], f"{base} (0-{data['per_account']})"))
+    rows.append(
+        Row(
+            NAME,
+            f"price-watch tick, {data['per_account']} aged positions (ms)",
+            full["tick_ms"]["p50"],
+            empty["tick_ms"]["p50"],
+            "one aged position",
+        )
+    )
+    rows.append(Row(NAME, "manual close p50 under load (ms)", full["close_ms"]["p50"], empty["close_ms"]["p50"], base))
+    rows.append(Row(NAME, "manual close p99 under load (ms)", full["close_ms"]["p99"], empty["close_ms"]["p99"], base))
+    rows.append(
+        Row(
+            NAME,
+            f"worker restart -> all {full['restart']['positions']} answering `state` (s)",
+            full["restart"]["all_answering_s"],
+            empty["restart"]["all_answering_s"],
+            f"{empty['restart']['positions']} position(s)",
+        )
+    )
+    rows.append(
+        Row(
+            NAME,
+            "  of which: restart -> pollers back (s)",
+            full["restart"]["pollers_s"],
+            empty["restart"]["pollers_s"],
+            base,
+        )
+    )
+    return rows
