@@ -641,7 +641,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from egis.simulator.server import run_standalone
 
-    run_standalone(args.exchange, args.host, args.port)
+    run_standalone(args.exchange, args.host, args.port, synthetic_markets=args.synthetic_markets)
     return EXIT_OK
 
 
@@ -830,6 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_argument("--exchange", required=True, choices=["binanceusdm", "bybit"])
     simulator.add_argument("--port", type=PORT, default=8901)
     simulator.add_argument("--host", default="127.0.0.1")
+    simulator.add_argument(
+        "--synthetic-markets",
+        type=bounded_int(0, 100_000),
+        default=0,
+        metavar="N",
+        help="also list N made-up USDT perpetuals S0001USDT... (many symbols / positions)",
+    )
     simulator.set_defaults(func=cmd_simulator, sync=True)
 
     replay = sub.add_parser(

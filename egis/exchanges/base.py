@@ -147,3 +147,13 @@ class ExchangeCallError(Exception):
     def __str__(self) -> str:
         code = f" code {self.code}" if self.code is not None else ""
         return f"{self.exchange} {self.error_name}{code}: {self.message}"
+
+
+class IncompleteRead(ExchangeCallError):
+    """A paged read that could not be finished: the venue kept answering with more pages than the bound, or
+    handed back a cursor it had already given. Nothing is concluded from the pages read so far: a partial list
+    of open positions would make the missing ones look gone (ghosts). A read that failed, classified like an
+    unknown exchange error (PERMANENT for a read: an operator must look)."""
+
+    def __init__(self, exchange: Exchange, message: str) -> None:
+        super().__init__(exchange, "read", ("IncompleteRead", "ExchangeError", "BaseError"), None, message)

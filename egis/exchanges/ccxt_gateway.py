@@ -33,6 +33,7 @@ from egis.exchanges.base import (
     Balance,
     ExchangeCallError,
     ExchangePosition,
+    IncompleteRead,
     OrderReport,
     OrderRequest,
     RecordFill,
@@ -73,6 +74,12 @@ HISTORY_HORIZON = timedelta(days=180)
 _BYBIT_EXEC_KINDS = {"Trade": "trade", "BustTrade": "liquidation", "AdlTrade": "adl"}
 MAX_PAGES = 20
 """Pages of one trade-history window read at most (a bound on a misbehaving cursor)."""
+POSITION_PAGE_SIZE = 200
+"""Rows per page of Bybit's position list: "limit: Limit for data size per page. [1, 200]. Default: 20"
+(docs/v5/position/position.mdx)."""
+MAX_POSITION_PAGES = 100
+"""Pages of Bybit's open-position list read at most (20,000 positions, far beyond the venue's few hundred
+linear symbols x 2 hedge-mode sides); more raises IncompleteRead, never a shorter list."""
 MODE_RECHECK_SECONDS = 300.0
 """How long a position-mode answer is trusted (an operator may switch the account meanwhile)."""
 
@@ -347,11 +354,52 @@ class CcxtGateway:
         return "hedge" if self.hedge_mode else "one_way"
 
     async def fetch_positions(self) -> list[ExchangePosition]:
+        """Every open position of the account, or an ExchangeCallError: never part of them (the exchange sync
+        would take a missing position for one closed on the exchange). Binance answers all of them at once
+        (GET /fapi/v3/positionRisk has no paging); Bybit in pages, see _bybit_open_position_rows."""
         await self.load_markets()
-        params = {} if self._binance else {"settleCoin": "USDT"}
-        rows = await self._call("read", self._ex.fetch_positions(None, params))
-        parsed = (self._parse_position(r["info"]) for r in rows)
+        if self._binance:
+            infos = [r["info"] for r in await self._call("read", self._ex.fetch_positions(None, {}))]
+        else:
+            infos = await self._bybit_open_position_rows()
+        parsed = (self._parse_position(info) for info in infos)
         return [p for p in parsed if p is not None]
+
+    async def _bybit_open_position_rows(self) -> list[dict[str, Any]]:
+        """The raw rows of every open USDT linear position, page by page. ccxt's fetch_positions reads one
+        page of 200 (it pages only with paginate=True, and then stops quietly after 10 calls), so the pages
+        are read here: GET /v5/position/list with settleCoin ("returns position size greater than zero"),
+        limit 200 and the ``nextPageCursor`` of the previous page as ``cursor`` (docs/v5/position/position.mdx).
+
+        The list ends on an empty cursor, or on a page without rows (a recorded real answer carries a cursor
+        on its last page: tests/conformance/fixtures/bybit/position_list_open.json). A cursor handed out twice
+        or more than MAX_POSITION_PAGES pages raise IncompleteRead. A row seen twice (it moved between two
+        requests) counts once: the venue keeps one row per symbol and positionIdx."""
+        query: dict[str, Any] = {"category": "linear", "settleCoin": "USDT", "limit": POSITION_PAGE_SIZE}
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        cursors: set[str] = set()
+        for _ in range(MAX_POSITION_PAGES):
+            answer = await self._call("read", self._ex.privateGetV5PositionList(dict(query)))
+            result = answer.get("result") or {}
+            page = result.get("list") or []
+            for info in page:
+                rows[str(info.get("symbol")), str(info.get("positionIdx"))] = info
+            cursor = str(result.get("nextPageCursor") or "")
+            if not cursor or not page:
+                return list(rows.values())
+            if cursor in cursors:
+                raise IncompleteRead(
+                    self.exchange,
+                    f"bybit position list: the venue handed out cursor {cursor!r} again after {len(rows)} "
+                    "positions; the list was not finished and nothing is concluded from part of it",
+                )
+            cursors.add(cursor)
+            query["cursor"] = cursor
+        raise IncompleteRead(
+            self.exchange,
+            f"bybit position list: more than {MAX_POSITION_PAGES} pages of {POSITION_PAGE_SIZE} "
+            f"({len(rows)} positions read); the list was not finished and nothing is concluded from part of it",
+        )
 
     async def fetch_symbol_positions(self, symbol: str) -> list[ExchangePosition]:
         """The account's open positions in one symbol (one request)."""

@@ -7,6 +7,16 @@ import argparse
 from egis.simulator.server import API_KEYS_ENV, EXCHANGES, parse_api_keys, run_standalone
 
 
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= count <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be in 0..100000, got {count}")
+    return count
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -33,13 +43,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY:SECRET",
         help=f"accept this API key, signed with SECRET (repeatable; also ${API_KEYS_ENV}=KEY:SECRET,...)",
     )
+    parser.add_argument(
+        "--synthetic-markets",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="also list N made-up USDT perpetuals S0001USDT... (many symbols / positions; default 0)",
+    )
     args = parser.parse_args(argv)
     try:
         api_keys = parse_api_keys(",".join(args.api_key))
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        run_standalone(args.exchange, args.host, args.port, api_keys)
+        run_standalone(args.exchange, args.host, args.port, api_keys, args.synthetic_markets)
     except OSError as exc:
         parser.exit(1, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc}\n")
 

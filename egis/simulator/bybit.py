@@ -18,9 +18,10 @@ from __future__ import annotations
 import functools
 import hmac
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -62,6 +63,7 @@ from egis.simulator.wire import (
     lookup_window,
     optional,
     optional_int,
+    page_limit,
     parse_bool,
     raw_of,
     required,
@@ -73,6 +75,8 @@ PARAMS_ERROR = 10001
 DEFAULT_RECV_WINDOW = 5000  # "X-BAPI-RECV-WINDOW (unit in millisecond and default value is 5,000)" (guide.mdx)
 
 Result = dict[str, Any]
+T = TypeVar("T")
+PageKey = tuple[str, int]
 _STATUS_KEY = web.RequestKey("bybit_limit_status", BybitStatus)
 
 # 110017: "current position is zero, cannot fix reduce-only order qty" / "reduce-only order has same side
@@ -138,6 +142,14 @@ _EXEC_TYPES = {
     OrderSource.LIQUIDATION: "BustTrade",
     OrderSource.ADL: "AdlTrade",
 }
+# Cursor paging. ``limit``: "Limit for data size per page. [1, 200]. Default: 20" (docs/v5/position/position.mdx)
+# and "[1, 1000]. Default: 500" (docs/v5/market/instrument.mdx: "This endpoint returns 500 entries by default.
+# There are now more than 500 linear symbols on the platform. As a result, you will need to use cursor for
+# pagination or limit to get all entries"); ``cursor``: "Use the nextPageCursor token from the response to
+# retrieve the next page of the result set" (both pages). The default of 20 positions is what real clients met:
+# nautechsystems/nautilus_trader#2879 "Fix Bybit positions pagination to handle more than 20 positions".
+_POSITION_PAGE = (20, 200)  # (default, maximum) rows per page
+_INSTRUMENT_PAGE = (500, 1000)
 # The 7-day rules return retCode 10001 "The time range between startTime and endTime cannot exceed 7 days"
 # (measured live and quoted in public code; the same text is 181010 in docs/v5/error.mdx).
 _TOO_WIDE = "The time range between startTime and endTime cannot exceed 7 days"
@@ -295,11 +307,19 @@ class BybitFrontEnd(FrontEnd):
     # ------------------------------------------------------------------ market data
 
     def _instruments_info(self, params: Params) -> Result:
-        """Linear instruments; other categories and statuses (e.g. ``PreLaunch``) have none."""
+        """Linear instruments; other categories and statuses (e.g. ``PreLaunch``) have none.
+
+        Paged (``limit``, ``cursor``, see _INSTRUMENT_PAGE), by symbol; "Spot does not support pagination, so
+        limit, cursor are invalid" (docs/v5/market/instrument.mdx): spot ignores them (and has no rows)."""
         wanted = _is_linear(params) and optional(params, "status") in (None, "Trading")
         symbol = optional(params, "symbol")
-        rows = [_instrument(m) for m in self._core.markets.values() if wanted and symbol in (None, m.symbol)]
-        return {"category": _category(params), "list": rows, "nextPageCursor": ""}
+        markets = [m for m in self._core.markets.values() if wanted and symbol in (None, m.symbol)]
+        if _category(params) == "spot":
+            page, cursor = markets, ""
+        else:
+            default, maximum = _INSTRUMENT_PAGE
+            page, cursor = _page(markets, lambda m: (m.symbol, 0), params, default=default, maximum=maximum)
+        return {"category": _category(params), "list": [_instrument(m) for m in page], "nextPageCursor": cursor}
 
     def _tickers(self, params: Params) -> Result:
         markets = self._markets(params) if _is_linear(params) else []
@@ -388,7 +408,9 @@ class BybitFrontEnd(FrontEnd):
         is required"; "category=inverse: You can query all open positions with /v5/position/list?category=
         inverse" (docs/v5/position/position.mdx): the simulator has no inverse positions, so that is an empty
         list (ccxt.pro's positions snapshot asks for linear and inverse positions, pro/bybit.py
-        load_positions_snapshot)."""
+        load_positions_snapshot).
+
+        Paged (``limit``, ``cursor``, see _POSITION_PAGE): rows by symbol, then positionIdx."""
         symbol = optional(params, "symbol")
         settle_coin = optional(params, "settleCoin")
         if _is_linear(params) and symbol is None and settle_coin is None:
@@ -399,8 +421,10 @@ class BybitFrontEnd(FrontEnd):
             positions = account.symbol_positions(self._core.market(symbol).symbol)
         else:
             positions = account.open_positions() if settle_coin == "USDT" else []
-        rows = [self.position_row(account, p) for p in positions]
-        return {"category": _category(params), "list": rows, "nextPageCursor": ""}
+        default, maximum = _POSITION_PAGE
+        page, cursor = _page(positions, _position_key, params, default=default, maximum=maximum)
+        rows = [self.position_row(account, p) for p in page]
+        return {"category": _category(params), "list": rows, "nextPageCursor": cursor}
 
     def position_row(self, account: Account, position: Position) -> dict[str, Any]:
         mark = self._core.mark_prices[position.symbol]
@@ -628,6 +652,44 @@ class BybitFrontEnd(FrontEnd):
         ]
         rows = [execution_json(t, orders[t.order_id]) for t in trades[: limit_param(params, 50, 100)]]
         return {"category": _category(params), "list": rows, "nextPageCursor": ""}
+
+
+def _page(
+    rows: Iterable[T], key: Callable[[T], PageKey], params: Params, *, default: int, maximum: int
+) -> tuple[list[T], str]:
+    """One page of ``rows`` in ``key`` order: the first ``limit`` rows after the ``cursor``, and the cursor of the
+    next page, "" on the last page as in the docs' response example (docs/v5/position/position.mdx) and in a real
+    empty settleCoin answer (quoted in ccxt/ccxt#19441). A recorded real answer to a ``symbol`` query carries a
+    cursor on its only page (tests/conformance/fixtures/bybit/position_list_open.json): a client must also end
+    on an empty page, which the simulator answers with "" when asked past the last row.
+
+    The cursor names the last row returned, percent-encoded like the real tokens (``LTCUSDT%2C1699948800031%2C0``
+    in that recorded answer); the next page starts after it, so rows opened or closed between two requests
+    neither repeat nor push others off the list. The docs do not say how a malformed cursor or a bad ``limit`` is
+    refused: both get the usual 10001 params error.
+    """
+    limit = page_limit(params, default, maximum)
+    after = _cursor_key(optional(params, "cursor"))
+    remaining = [row for row in sorted(rows, key=key) if after is None or key(row) > after]
+    page = remaining[:limit]
+    return page, _cursor_token(key(page[-1])) if len(remaining) > limit else ""
+
+
+def _cursor_token(key: PageKey) -> str:
+    return quote(f"{key[0]},{key[1]}", safe="")
+
+
+def _cursor_key(token: str | None) -> PageKey | None:
+    if token is None:
+        return None
+    symbol, _, number = unquote(token).rpartition(",")
+    if not symbol or not number.isdigit():
+        raise BadParameter(f"cursor {token!r} is invalid")
+    return symbol, int(number)
+
+
+def _position_key(position: Position) -> PageKey:
+    return position.symbol, _POSITION_IDX[position.side]
 
 
 def _is_zero(raw: object) -> bool:

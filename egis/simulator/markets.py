@@ -75,3 +75,39 @@ DEFAULT_MARKETS: tuple[MarketSpec, ...] = tuple(
     )
     for symbol, tick, step, min_qty, max_qty, price, binance_min in _DEFAULTS
 )
+
+
+def synthetic_markets(count: int) -> tuple[MarketSpec, ...]:
+    """``count`` made-up USDT linear perpetuals, ``S0001USDT``, ``S0002USDT``... (wider numbers past 9999),
+    so a test or a benchmark can list thousands of symbols and hold hundreds of positions.
+
+    Their specs are those of a cheap real contract (DOGEUSDT-like: tick 0.0001, whole-unit quantities,
+    minimum 1): a price between 1 and 2 USDT, and 5 USDT as the minimum order value on both venues (the
+    value every Binance USDT perpetual but BTC and ETH has, and Bybit's, see above). Pure: the same count
+    gives the same markets.
+    """
+    if count < 0:
+        raise ValueError(f"count must not be negative, got {count}")
+    width = max(4, len(str(count)))
+    specs = []
+    for number in range(1, count + 1):
+        base = f"S{number:0{width}d}"
+        specs.append(
+            MarketSpec(
+                symbol=f"{base}USDT",
+                base=base,
+                tick_size=Decimal("0.0001"),
+                qty_step=Decimal(1),
+                min_qty=Decimal(1),
+                max_qty=Decimal(1_000_000),
+                binance_min_notional=Decimal(5),
+                bybit_min_notional=BYBIT_MIN_NOTIONAL,
+                initial_price=Decimal(100 + number % 100) / 100,
+            )
+        )
+    return tuple(specs)
+
+
+def with_synthetic_markets(count: int, markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS) -> tuple[MarketSpec, ...]:
+    """``markets`` (the default listing) followed by ``count`` synthetic ones."""
+    return markets + synthetic_markets(count)

@@ -24,7 +24,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -38,6 +38,7 @@ from egis.simulator.bybit_stream import BybitStream
 from egis.simulator.control_api import CONTROL_PREFIX, control_routes
 from egis.simulator.core import SimulatorCore
 from egis.simulator.faults import Fault, FaultBook, FaultKind
+from egis.simulator.markets import DEFAULT_MARKETS, MarketSpec, with_synthetic_markets
 from egis.simulator.streams import StreamHub
 from egis.simulator.wire import PARAMS_KEY, RAW_KEY, FrontEnd, Handler, read_params
 
@@ -93,11 +94,15 @@ def build_app(core: SimulatorCore, faults: FaultBook, stopping: asyncio.Event, h
 
 
 async def start_simulator(
-    host: str = "127.0.0.1", port: int = 0, api_keys: Mapping[str, str] | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_keys: Mapping[str, str] | None = None,
+    markets: Iterable[MarketSpec] = DEFAULT_MARKETS,
 ) -> SimulatorServer:
     """Start a fresh simulator on ``host:port`` (``port=0`` picks a free port), accepting ``api_keys``
-    (API key -> secret; more can be registered later through the control API)."""
-    core, faults, stopping = SimulatorCore(), FaultBook(), asyncio.Event()
+    (API key -> secret; more can be registered later through the control API) and listing ``markets``
+    (e.g. ``markets.with_synthetic_markets(2000)`` for an account holding hundreds of positions)."""
+    core, faults, stopping = SimulatorCore(markets), FaultBook(), asyncio.Event()
     hub = StreamHub(core)
     for api_key, secret in (api_keys or {}).items():
         core.register_api_key(api_key, secret)
@@ -115,17 +120,24 @@ async def start_simulator(
     return SimulatorServer(f"http://{url_host}:{bound_port}", core, faults, hub, runner, stopping)
 
 
-def run_standalone(exchange: str, host: str, port: int, api_keys: Mapping[str, str] | None = None) -> None:
+def run_standalone(
+    exchange: str,
+    host: str,
+    port: int,
+    api_keys: Mapping[str, str] | None = None,
+    synthetic_markets: int = 0,
+) -> None:
     """Serve until SIGINT/SIGTERM, announcing ``simulator <exchange> listening on <url>`` on stdout.
 
     Both front ends are served whatever ``exchange`` says; it only names what the caller wants to use.
     The accepted API keys are ``api_keys`` plus those of the ``EGIS_SIMULATOR_API_KEYS`` environment
-    variable (``key1:secret1,key2:secret2``).
+    variable (``key1:secret1,key2:secret2``). ``synthetic_markets`` made-up USDT perpetuals
+    (``S0001USDT``...) are listed after the default markets.
     """
     if exchange not in EXCHANGES:
         raise ValueError(f"exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}")
     keys = parse_api_keys(os.environ.get(API_KEYS_ENV, "")) | dict(api_keys or {})
-    asyncio.run(_serve(exchange, host, port, keys))
+    asyncio.run(_serve(exchange, host, port, keys, with_synthetic_markets(synthetic_markets)))
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
@@ -139,8 +151,10 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
-async def _serve(exchange: str, host: str, port: int, api_keys: Mapping[str, str]) -> None:
-    server = await start_simulator(host, port, api_keys)
+async def _serve(
+    exchange: str, host: str, port: int, api_keys: Mapping[str, str], markets: Sequence[MarketSpec]
+) -> None:
+    server = await start_simulator(host, port, api_keys, markets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

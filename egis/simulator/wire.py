@@ -224,6 +224,17 @@ def limit_param(params: Params, default: int, maximum: int) -> int:
     return default if limit is None or limit <= 0 else min(limit, maximum)
 
 
+def page_limit(params: Params, default: int, maximum: int) -> int:
+    """A ``limit`` documented as "[1, ``maximum``]. Default: ``default``": absent (or empty) gives the default;
+    anything else must be an integer within the bounds (BadParameter: the venue's params error)."""
+    limit = optional_int(params, "limit")
+    if limit is None:
+        return default
+    if not 1 <= limit <= maximum:
+        raise BadParameter(f"limit must be in [1, {maximum}], got {limit}")
+    return limit
+
+
 def decimal_param(params: Params, name: str) -> Decimal:
     """A mandatory decimal parameter."""
     value = required(params, name)

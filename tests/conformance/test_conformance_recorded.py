@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import unquote
 
 import pytest
 
-from egis.exchanges.base import ExchangePosition, OrderReport, OrderRequest, Trade
+from egis.exchanges.base import ExchangePosition, IncompleteRead, OrderReport, OrderRequest, Trade
 from egis.models import ErrorClass, Exchange, Intent, OrderSide, Side
 from tests.conformance.conftest import BN, BY, call_error
 from tests.conformance.server import FixtureServer, fixture_body
@@ -112,25 +113,50 @@ async def test_binance_hedge_mode_rows_are_not_read_as_flat(venue_gateway, recor
     assert position is not None and position.quantity == D("20.000")
 
 
+def answer_last_page(recorded: FixtureServer, fixture: str) -> str:
+    """The recorded answers carry a cursor on their only page: the page after it is the recorded empty list
+    (Egis reads Bybit's position list to its end). The cursor as the venue reads it back: the token is already
+    percent-encoded and ccxt puts it in the query string as it is (bybit.sign, rawencode)."""
+    cursor = unquote(fixture_body(fixture)["result"]["nextPageCursor"])
+    recorded.answer("GET", BY_POSITIONS, "bybit/position_list_empty", when={"cursor": cursor})
+    return cursor
+
+
 async def test_bybit_open_position_parses_decimals(venue_gateway, recorded: FixtureServer) -> None:
     recorded.answer("GET", BY_POSITIONS, "bybit/position_list_open")
+    cursor = answer_last_page(recorded, "bybit/position_list_open")
     gateway = venue_gateway(BY)
     expected = ExchangePosition(LTC, Side.LONG, D("1.2"), D("64.59947917"), D("71.1"))
     assert await gateway.fetch_position(LTC, Side.LONG) == expected
     assert await gateway.fetch_position(LTC, Side.SHORT) is None
     assert await gateway.fetch_positions() == [expected]
-    named, listed = recorded.requests("GET", BY_POSITIONS)[0], recorded.requests("GET", BY_POSITIONS)[-1]
+    named, listed, after = [recorded.requests("GET", BY_POSITIONS)[i] for i in (0, -2, -1)]
     assert (named.params["category"], named.params["symbol"]) == ("linear", LTC)
-    assert (listed.params["category"], listed.params["settleCoin"]) == ("linear", "USDT")
+    assert (listed.params["category"], listed.params["settleCoin"], listed.params["limit"]) == ("linear", "USDT", "200")
+    assert "cursor" not in listed.params and after.params["cursor"] == cursor
 
 
 async def test_bybit_flat_position_row_is_none(venue_gateway, recorded: FixtureServer) -> None:
     recorded.answer("GET", BY_POSITIONS, "bybit/position_list_flat")
+    answer_last_page(recorded, "bybit/position_list_flat")
     gateway = venue_gateway(BY)
     assert fixture_body("bybit/position_list_flat")["result"]["list"][0]["side"] == ""
     assert await gateway.fetch_position(LTC, Side.LONG) is None
     assert await gateway.fetch_position(LTC, Side.SHORT) is None
     assert await gateway.fetch_positions() == []
+
+
+async def test_bybit_position_list_that_ignores_the_cursor_is_an_error_not_a_list(
+    venue_gateway, recorded: FixtureServer
+) -> None:
+    """A venue that answers the same page again (its cursor again) never ends: Egis refuses to conclude
+    anything from the rows it has read, rather than returning them as the account's positions."""
+    recorded.answer("GET", BY_POSITIONS, "bybit/position_list_open")
+    gateway = venue_gateway(BY)
+    error = await call_error(gateway.fetch_positions())
+    assert isinstance(error, IncompleteRead) and "again" in error.message
+    assert error.classify().outcome is P
+    assert len(recorded.requests("GET", BY_POSITIONS)) == 2
 
 
 # ---------------------------------------------------------------------------------------------- order look-up
