@@ -53,10 +53,12 @@ async def run(env: BenchEnv, sizes: Sizes) -> SectionResult:
             secret=f"{account.ref}-secret",
             base_url=env.sim.base_url,
             activities_per_second=per_second,  # None: the exchange's default limit
+            stream=False,  # only the burst's requests in the window
         )
         write_account(env.settings.resolved_accounts_dir, account.ref, config)
         spec = BotSpec(name=account.ref, exchange=account.exchange, account=account.ref, budget_usd=BOT_BUDGET)
         await env.client.create_bot(spec, actor="bench")
+    await env.control.add_api_keys({a.api_key: f"{a.ref}-secret" for a in (limited, free)})
     queues = {a.ref: account_task_queue(env.settings.task_queue, a.exchange, a.ref) for a in (limited, free)}
     child_env = env.stack.child_env() | {"EGIS_METRICS_PORT": "0", "EGIS_SDK_METRICS_PORT": "0"}
     specs = [f"{a.exchange.value}:{a.ref}" for a in (limited, free)]

@@ -55,6 +55,7 @@ def test_every_workflow_declares_its_versioning_behavior() -> None:
         "HealthWorkflow": VersioningBehavior.PINNED,
         "PositionWorkflow": VersioningBehavior.AUTO_UPGRADE,
         "PriceWatchWorkflow": VersioningBehavior.AUTO_UPGRADE,
+        "AccountStreamWorkflow": VersioningBehavior.AUTO_UPGRADE,
         "ExchangeSyncWorkflow": VersioningBehavior.PINNED,
         "PaperReconcileWorkflow": VersioningBehavior.PINNED,
         "PhantomCleanupWorkflow": VersioningBehavior.PINNED,
