@@ -44,6 +44,7 @@ from uicheck.cdp import Browser, BrowserError, Page
 D = Decimal
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "ui"
 BYBIT_KEY = "uicheck-bybit-key"
+BYBIT_SECRET = "uicheck-secret"
 WATCHED = "pos-alpha-sig-42"
 CLOSED_FROM_UI = "pos-alpha-sig-43"
 SUMMARY = "alpha: long BTCUSDT $100, ref sig-42"
@@ -180,7 +181,7 @@ async def run(out: Path, keep: bool) -> int:
         accounts_dir=root / "accounts",
         log_level="WARNING",
     ).model_copy(update={"database_url": None, "temporal_address": None})
-    sim = await start_simulator()
+    sim = await start_simulator(api_keys={BYBIT_KEY: BYBIT_SECRET})  # the simulator refuses unknown keys (10003)
     stack = Stack(
         settings,
         worker_log=root / "worker.log",
@@ -190,7 +191,7 @@ async def run(out: Path, keep: bool) -> int:
         write_account(
             settings.resolved_accounts_dir,
             "bybit-main",
-            AccountConfig(exchange=Exchange.BYBIT, api_key=BYBIT_KEY, secret="uicheck-secret", base_url=sim.base_url),
+            AccountConfig(exchange=Exchange.BYBIT, api_key=BYBIT_KEY, secret=BYBIT_SECRET, base_url=sim.base_url),
         )
         write_account(
             settings.resolved_accounts_dir,
