@@ -127,7 +127,7 @@ async def check_ui(page: Page, ui: str, runs: dict[str, str], out: Path) -> list
     try:
         await page.click_text("Event History", "the Event History tab")
         await page.click_text("Compact", "the event history's compact view")
-        await page.wait_for_text(["send the open order on bybit/bybit-main"], "the open order activity's summary")
+        await page.wait_for_text(["check, reserve, send, record"], "the open activity's summary")
     except BrowserError as exc:
         raise CheckFailed(f"{WATCHED}: {exc}") from None
     await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
