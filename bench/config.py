@@ -31,6 +31,7 @@ class Sizes:
     busy_backlog: int = 80  # section 9: reads queued ahead of the closes (8 activities/s: 10 s)
     scale_per_account: int = 20  # section 10: positions per account (5 accounts; full: 10,000 in all)
     scale_closes: int = 10  # section 10: manual closes, empty and loaded
+    scale_aged_after_s: int = 20  # section 10: the aged bot's max_age_s (a chunk of 50 opens well within it)
 
     def accounts(self) -> dict[str, int]:
         """Simulator accounts per group: `lc` for sections 1 and 2 (all positions of section 1 are
@@ -76,4 +77,5 @@ FULL = Sizes(
     busy_backlog=160,
     scale_per_account=2000,
     scale_closes=50,
+    scale_aged_after_s=90,
 )
