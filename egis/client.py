@@ -26,6 +26,7 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
 from temporalio.common import (
@@ -157,14 +158,16 @@ class EgisClient:
                 )
             # one call: start the workflow and ask it (update `opened`) for the settled position;
             # the answer arrives when the open settles, no polling
-            return await asyncio.wait_for(self._open_and_wait(arg, options), timeout=wait)
+            return await self._open_and_wait(arg, options, wait)
         except WorkflowAlreadyStartedError:
             raise PositionAlreadyOpen(
                 f"position {workflow_id} was already started: each --ref opens at most one position"
             ) from None
         except WorkflowUpdateFailedError as exc:
             raise _typed_update(exc) from None
-        except TimeoutError:  # not settled within `wait` (e.g. no worker is running): say so, no guess
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # not settled within `wait` (e.g. no worker is running; the SDK answers a start whose
+            # update was not accepted in time with the latter): say so, no guess
             try:
                 await temporal.get_workflow_handle(workflow_id).describe()
             except RPCError as exc:
@@ -175,15 +178,39 @@ class EgisClient:
                 workflow_id=workflow_id, bot=request.bot, symbol=request.symbol, side=request.side, status="opening"
             )
 
-    async def _open_and_wait(self, arg: PositionWorkflowInput, options: dict[str, Any]) -> PositionView:
+    async def _open_and_wait(self, arg: PositionWorkflowInput, options: dict[str, Any], wait: float) -> PositionView:
+        """Start with the `opened` update and wait up to `wait` seconds for its outcome (TimeoutError
+        after that). Once accepted the update is durable, so an outage of the server while waiting
+        (a restart, a lost connection) only means polling again. The deadline is carried by the RPC
+        timeouts, not by cancelling the call: the SDK turns a cancelled update wait into an error
+        that says nothing about whether the open happened."""
         from workflows.position import PositionWorkflow
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+
+        def remaining() -> timedelta:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            return timedelta(seconds=left)
 
         update = await self.require_temporal().start_update_with_start_workflow(
             PositionWorkflow.opened,
             start_workflow_operation=WithStartWorkflowOperation(PositionWorkflow.run, arg, **options),
             wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            rpc_timeout=remaining(),
         )
-        return await update.result()
+        while True:
+            try:
+                return await update.result(rpc_timeout=remaining())
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                remaining()  # past the deadline: TimeoutError; else the poll timed out early: again
+            except RPCError as exc:
+                if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                    raise
+                remaining()
+                await asyncio.sleep(min(1.0, wait / 10))  # the server is restarting: poll again
 
     async def workflow_id_of(self, position: str) -> str:
         """Accept a workflow id (pos-<bot>-<ref>) or a numeric position id."""

@@ -10,11 +10,12 @@ import ccxt.async_support as ccxt_async
 import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
-from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deps import Deps
 from egis import metrics
+from egis.client import EgisClient
 from egis.db.schema import orders, paper_positions, positions
 from egis.errors import (
     BudgetExceeded,
@@ -25,7 +26,14 @@ from egis.errors import (
     UntrackedExchangePosition,
 )
 from egis.exchanges.local import point_to_local
-from egis.models import CloseOutcomeKind, CloseRequest, Exchange, OpenPositionInput, PositionResult
+from egis.models import (
+    CloseOutcomeKind,
+    CloseRequest,
+    Exchange,
+    OpenPositionInput,
+    PositionResult,
+    position_workflow_id,
+)
 from egis.simulator.control import SimulatorControl
 from tests.conftest import SIM_KEYS
 from tests.lifecycle import Harness, counter, eventually, harness, keep_history
@@ -117,6 +125,26 @@ async def test_duplicate_start_with_the_same_reference_is_refused_and_creates_no
     with pytest.raises(PositionAlreadyOpen, match="already started"):
         await h.client.open_position(request)
     assert len(await db_positions(h)) == 1
+
+
+async def test_an_open_no_worker_takes_answers_opening_when_its_wait_ends(h: Harness) -> None:
+    """`egis open --wait N` with no worker on the queue: after N seconds the answer is the started
+    position, still `opening` (nothing written), not an error about the update's RPC."""
+    bot = await h.bot(Exchange.PAPER)
+    idle = EgisClient(
+        h.client.settings.model_copy(update={"task_queue": "nobody-polls-this"}), h.deps.engine, h.temporal
+    )
+    request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("120"), ref="no-worker")
+    h.started.append(position_workflow_id(bot, request.ref))
+    started = asyncio.get_running_loop().time()
+    view = await idle.open_position(request, wait=2)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert view.status == "opening" and view.workflow_id == position_workflow_id(bot, request.ref)
+    assert 1.5 <= elapsed < 20
+    assert (await h.temporal.get_workflow_handle(view.workflow_id).describe()).status == WorkflowExecutionStatus.RUNNING
+    assert await db_positions(h) == []
+    with pytest.raises(PositionAlreadyOpen):  # the ref is taken: a retry never starts a second one
+        await idle.open_position(request, wait=2)
 
 
 @pytest.mark.parametrize(
