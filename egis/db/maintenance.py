@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from egis.db import store
@@ -37,7 +38,7 @@ async def latest_runs(conn: AsyncConnection, kind: str) -> list[dict[str, Any]]:
     """The most recent finished run of `kind` per scope (e.g. the last sync of each account)."""
     rows = await conn.execute(
         select(maintenance_runs)
-        .distinct(maintenance_runs.c.scope)
+        .ext(distinct_on(maintenance_runs.c.scope))
         .where(maintenance_runs.c.kind == kind, maintenance_runs.c.finished_at.is_not(None))
         .order_by(maintenance_runs.c.scope, maintenance_runs.c.started_at.desc())
     )
