@@ -54,6 +54,9 @@ async def test_worker_killed_between_exchange_fill_and_db_write(
         "EGIS_DATA_DIR": str(tmp_path / ".egis"),
         "EGIS_METRICS_PORT": "0",
         "EGIS_SDK_METRICS_PORT": "0",
+        # no maintenance schedules: a sync run they start on the minute may still be running when the
+        # workers are stopped, and the invariants below want this queue quiet (schedules: test_schedules_auto)
+        "EGIS_AUTO_SCHEDULES": "0",
     }
     log = tmp_path / "worker.log"
     async with EgisClient.from_settings(settings) as client:
