@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from chaos import invariants
@@ -74,7 +75,16 @@ VENUE_DEFAULTS = {
     "binance_market_new_answer": False,
 }
 """The simulator's faithful defaults, restored after each venue-wide fault."""
-TRANSIENT = (RPCError, StackError, OSError, ConnectionError, DBAPIError, InterfaceError, TimeoutError)
+TRANSIENT = (
+    RPCError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    StackError,
+    OSError,
+    ConnectionError,
+    DBAPIError,
+    InterfaceError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,13 @@ class EgisClient:
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             raise InvalidTransition(cause.message if isinstance(cause, ApplicationError) else str(exc)) from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            # the server cut the wait (a restart, a timeout): the request may have been taken; asking
+            # again is safe (a position already closing refuses a second close request)
+            raise StackError(
+                f"Temporal did not answer the close of {workflow_id} in time: it may be under way; "
+                f"ask again or look at `egis positions`"
+            ) from None
         except RPCError as exc:
             if "completed" in exc.message.lower():
                 raise InvalidTransition(f"position {workflow_id} is finished: there is nothing to close") from None
