@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import shutil
 import tempfile
@@ -86,6 +87,8 @@ TRANSIENT = (
     TimeoutError,
 )
 
+logger = logging.getLogger("chaos")
+
 
 @dataclass(frozen=True)
 class ChaosConfig:
@@ -124,13 +127,18 @@ class Tally:
 
 
 async def patient(call: Callable[[], Awaitable[T]], *, seconds: float = 120.0) -> T:
-    """Retry through outages (a restarting Temporal or PostgreSQL) the way a bot would."""
-    deadline = time.monotonic() + seconds
+    """Retry through outages (a restarting Temporal or PostgreSQL) the way a bot would: give up
+    once the calls have kept failing for `seconds`. The clock starts at the first failure, not
+    at the first call: an open that waited 100 s for its fill and then met a restart is
+    retried like any other (a deadline from the first call had given it 20 s)."""
+    deadline: float | None = None
     while True:
         try:
             return await call()
         except TRANSIENT:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            deadline = now + seconds if deadline is None else deadline
+            if now > deadline:
                 raise
             await asyncio.sleep(0.5)
 
@@ -370,7 +378,10 @@ class Chaos:
         started = time.monotonic()
         for at, event in zip(times, events, strict=True):
             await asyncio.sleep(max(0, started + at - time.monotonic()))
+            began = time.monotonic()
+            logger.warning("chaos fault: %s", event)
             await getattr(self, event)()
+            logger.warning("chaos fault: %s done in %.1f s", event, time.monotonic() - began)
 
     async def worker_kill(self) -> None:
         victim = self.victims.randrange(self.stack.worker_count)
@@ -490,6 +501,7 @@ async def run(config: ChaosConfig) -> ChaosResult:
             "EGIS_BYBIT_IP_BAN_SECONDS": "10",  # the simulated 403 bans last seconds, Bybit's real ones 10+ min
         },
     )
+    failed = False
     await stack.start()
     effective = settings.model_copy(
         update={"database_url": stack.database_url, "temporal_address": stack.temporal_address}
@@ -525,10 +537,18 @@ async def run(config: ChaosConfig) -> ChaosResult:
             violations = chaos.violations + violations
             quiesced = time.monotonic() - load_done
             return ChaosResult(config, chaos.tally, violations, quiesced, time.monotonic() - started)
+    except BaseException:
+        failed = True
+        logger.exception("chaos: the run failed")
+        raise
     finally:
         await stack.stop()
         await sim_server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if failed:
+            # A run that did not finish keeps its data (the Temporal, PostgreSQL and worker logs) to read.
+            logger.error("chaos: the run failed; its data and logs are kept in %s", root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 async def quiesce(

@@ -207,7 +207,7 @@ class EgisClient:
             except WorkflowUpdateRPCTimeoutOrCancelledError:
                 remaining()  # past the deadline: TimeoutError; else the poll timed out early: again
             except RPCError as exc:
-                if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                if not server_outage(exc):
                     raise
                 remaining()
                 await asyncio.sleep(min(1.0, wait / 10))  # the server is restarting: poll again
@@ -251,6 +251,11 @@ class EgisClient:
                 raise InvalidTransition(f"position {workflow_id} is finished: there is nothing to close") from None
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise PositionNotFound(f"no position workflow {workflow_id}") from None
+            if server_outage(exc):
+                raise StackError(
+                    f"Temporal went away while closing {workflow_id} ({exc.message}): the close may be "
+                    f"under way; ask again or look at `egis positions`"
+                ) from None
             raise
 
     async def position_state(self, position: str) -> PositionView:
@@ -385,6 +390,15 @@ class EgisClient:
             task_queue=self.settings.task_queue,
             execution_timeout=timedelta(seconds=timeout),
         )
+
+
+def server_outage(exc: RPCError) -> bool:
+    """The call failed because the server went away (restarting, unreachable, too slow), not
+    because it refused: asking again later is safe. A connection the server drops mid-call (a
+    restart while an update is awaited) surfaces from the SDK's core as UNKNOWN "transport error"."""
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        return True
+    return exc.status == RPCStatusCode.UNKNOWN and "transport error" in exc.message
 
 
 def _typed_update(exc: WorkflowUpdateFailedError) -> EgisError:

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from egis.client import EgisClient
 from egis.config import Settings
-from egis.stack.processes import DataDirLock, free_port
+from egis.stack.processes import DataDirLock, ProcessExited, free_port, wait_until
 
 
 def dev_up(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
@@ -171,3 +171,24 @@ async def test_dev_up_with_configured_servers_starts_neither(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_waiting_for_a_server_that_exited_ends_at_once() -> None:
+    """A server that died while starting is reported at once, not after the whole ready timeout."""
+    calls = 0
+
+    async def check() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionRefusedError("not listening yet")  # still starting: keep waiting
+        raise ProcessExited("temporal exited with code 1")
+
+    began = time.monotonic()
+    try:
+        await wait_until(check, 60, "the server", interval=0.01)
+    except ProcessExited:
+        pass
+    else:
+        raise AssertionError("wait_until returned for a server that exited")
+    assert calls == 3 and time.monotonic() - began < 5

@@ -34,6 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
 from egis import temporal as egis_temporal
+from egis.client import server_outage
 from egis.config import Settings
 from egis.db.engine import engine_url_and_args, make_engine
 from egis.models import ALL_SEARCH_ATTRIBUTES
@@ -753,3 +754,19 @@ async def test_tracing_exports_spans_to_the_otlp_endpoint(temporal_env: Workflow
         await runner.cleanup()
     body = b"".join(received)
     assert b"StartWorkflow:EgisTracingProbe" in body and b"egis-test" in body
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "outage"),
+    [
+        (RPCStatusCode.UNAVAILABLE, "tcp connect error", True),
+        (RPCStatusCode.DEADLINE_EXCEEDED, "Timeout expired", True),
+        (RPCStatusCode.UNKNOWN, "transport error", True),  # the server dropped the call mid-way (a restart)
+        (RPCStatusCode.UNKNOWN, "something the server said", False),
+        (RPCStatusCode.NOT_FOUND, "workflow not found", False),
+        (RPCStatusCode.INVALID_ARGUMENT, "transport error", False),
+    ],
+)
+def test_a_server_outage_is_told_apart_from_a_refusal(status: RPCStatusCode, message: str, outage: bool) -> None:
+    """`egis open --wait` polls again through an outage and reports anything else."""
+    assert server_outage(RPCError(message, status, b"")) is outage

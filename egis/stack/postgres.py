@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from egis.errors import StackError
-from egis.stack.processes import ensure_port_free, spawn, stop_process, wait_until
+from egis.stack.processes import ProcessExited, ensure_port_free, spawn, stop_process, wait_until
 
 PG_USER = "postgres"
 _SYSTEM_USER = "embedded_postgres"
@@ -133,7 +133,7 @@ class EmbeddedPostgres:
 
     async def _ready(self) -> bool:
         if self._proc is not None and self._proc.returncode is not None:
-            raise StackError(f"PostgreSQL exited with code {self._proc.returncode}; see {self.log_path}")
+            raise ProcessExited(f"PostgreSQL exited with code {self._proc.returncode}; see {self.log_path}")
         conn = await asyncpg.connect(self.admin_url, timeout=2)
         await conn.close()
         return True

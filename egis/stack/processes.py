@@ -145,8 +145,15 @@ class DataDirLock:
             return False
 
 
+class ProcessExited(StackError):
+    """The process being waited for has exited: waiting longer cannot make it ready."""
+
+
 async def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll an async or sync check until it returns truthy, or raise StackError."""
+    """Poll an async or sync check until it returns truthy, or raise StackError.
+
+    A check that raises `ProcessExited` ends the wait at once (a dead process never becomes ready).
+    """
     deadline = asyncio.get_running_loop().time() + timeout
     last_error: BaseException | None = None
     while asyncio.get_running_loop().time() < deadline:
@@ -156,6 +163,8 @@ async def wait_until(check: Callable[[], object], timeout: float, what: str, int
                 result = await result
             if result:
                 return
+        except ProcessExited:
+            raise
         except Exception as exc:
             last_error = exc
         await asyncio.sleep(interval)

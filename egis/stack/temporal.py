@@ -13,7 +13,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from egis.models import ALL_SEARCH_ATTRIBUTES
-from egis.stack.processes import ensure_port_free, find_binary, spawn, stop_process, wait_until
+from egis.stack.processes import ProcessExited, ensure_port_free, find_binary, spawn, stop_process, wait_until
 
 
 class TemporalDevServer:
@@ -84,7 +84,7 @@ class TemporalDevServer:
 
     async def _ready(self) -> bool:
         if self._proc is not None and self._proc.returncode is not None:
-            raise RuntimeError(f"temporal exited with code {self._proc.returncode}; see {self.log_path}")
+            raise ProcessExited(f"Temporal exited with code {self._proc.returncode}; see {self.log_path}")
         client = await Client.connect(self.address, namespace=self.namespace)
         await client.count_workflows("")
         return True
