@@ -38,7 +38,9 @@ from egis.db import store as db
 from egis.db.schema import orders, stream_status
 from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
+from egis.exchanges.backoff import Backoff
 from egis.exchanges.base import ExchangeCallError
+from egis.exchanges.registry import venue_of
 from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
 from egis.models import AccountInput, Exchange, StreamRunReport, SyncHint
 from egis.rules.sizing import quantities_differ
@@ -123,6 +125,16 @@ class StreamActivities:
                 await self._write_status(run, connected=False)
                 await asyncio.sleep(min(60.0, deadline - time.monotonic()))
                 continue
+            # the venue throttled or banned this account (or its IP): connecting now would call it
+            # during the back-off and lengthen a ban (Binance doubles it, up to 3 days)
+            backoff = Backoff(run.exchange.value, run.account, self.deps.engine, venue_of(config))
+            left = await backoff.remaining()
+            if left > 0:
+                run.last_error = f"backing off for another {left:.0f}s (the venue throttled this account or its IP)"
+                with contextlib.suppress(Exception):
+                    await self._write_status(run, connected=False)
+                await asyncio.sleep(max(0.0, min(left, deadline - time.monotonic())))
+                continue
             stream = AccountStream(run.exchange, config)
             try:
                 await stream.start()
@@ -138,6 +150,11 @@ class StreamActivities:
             except StreamLost as lost:
                 run.last_error = str(lost)[:300]
                 log.warning("%s/%s: private stream lost (%s); reconnecting", run.exchange, run.account, lost)
+                if lost.throttled_for:  # every worker's calls wait it out, this stream's too
+                    # Binance's 429/418 limit the IP; Bybit's 403 is the IP's, its 10006 the account's
+                    ip = run.exchange is Exchange.BINANCEUSDM or "403" in str(lost)
+                    with contextlib.suppress(Exception):
+                        await backoff.impose(lost.throttled_for, f"stream connect: {str(lost)[:200]}", ip=ip)
             finally:
                 metrics.STREAM_CONNECTED.labels(run.exchange.value, run.account).set(0)
                 await stream.close()

@@ -31,6 +31,7 @@ from chaos import invariants
 from egis import metrics
 from egis.db.schema import exchange_backoffs, orders, positions
 from egis.errors import HedgeModeAccount, QuantityRejected
+from egis.exchanges.backoff import Backoff, ip_wide
 from egis.models import CloseRequest, Exchange
 from egis.simulator.control import SimulatorControl
 from tests.conftest import ACCOUNTS, SIM_KEYS
@@ -201,6 +202,39 @@ async def test_a_bybit_ip_ban_stops_every_request_of_the_account(h: Harness, sim
     gateway.backoff._until = 0.0
     row = await eventually(lambda: _closed(h, view.position_id), timeout=90)
     assert row["exit_reason"] == "manual"
+
+
+@pytest.mark.parametrize(
+    ("exchange", "status", "code", "ip"),
+    [
+        ("binanceusdm", 418, "-1003", True),  # an IP ban
+        ("binanceusdm", 429, "-1003", True),  # the IP's request weight
+        ("binanceusdm", 429, "-1015", False),  # too many orders: the account's
+        ("bybit", 403, None, True),  # the IP's limit
+        ("bybit", 200, "10006", False),  # per UID
+    ],
+)
+def test_which_limits_are_the_ips(exchange: str, status: int, code: str | None, ip: bool) -> None:
+    assert ip_wide(exchange, status, code) is ip
+
+
+async def test_an_ip_wide_back_off_stops_every_account_calling_that_endpoint(deps: Deps) -> None:
+    """Binance counts weight per IP: a 429 on one account must stop the others too (calling during
+    the back-off gets the IP banned), but not the accounts of another endpoint (the testnet)."""
+    venue = f"http://127.0.0.1:1/{time.time_ns()}"  # an endpoint of this test alone
+    a, b = Backoff("binanceusdm", "ip-a", deps.engine, venue), Backoff("binanceusdm", "ip-b", deps.engine, venue)
+    elsewhere = Backoff("binanceusdm", "ip-c", deps.engine, venue + "-testnet")
+    assert await b.remaining() == 0
+    await a.impose(5, "429 -1015: too many orders")  # the account's own limit
+    b._read_at = elsewhere._read_at = -1.0
+    assert await b.remaining() == 0
+    await a.impose(60, "429 -1003: too much request weight", ip=True)
+    b._read_at = elsewhere._read_at = -1.0
+    assert 55 < await b.remaining() <= 60
+    assert await elsewhere.remaining() == 0
+    async with deps.engine.begin() as conn:
+        mine = exchange_backoffs.c.account.in_(["ip-a", a.ip_row])  # over: later tests' calls go out
+        await conn.execute(update(exchange_backoffs).where(mine).values(until=func.now()))
 
 
 async def _backing_off(gateway) -> bool:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ from activities.deps import Deps
 from egis import metrics
 from egis.db.schema import audit_events, stream_status
 from egis.exchanges.accounts import AccountConfig
-from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
+from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost, throttled_for
 from egis.models import AccountInput, CloseRequest, Exchange, stream_workflow_id
 from egis.simulator.control import SimulatorControl
 from egis.simulator.server import SimulatorServer
@@ -110,6 +110,34 @@ async def test_a_refused_bybit_auth_is_an_error_not_a_hang(sim: SimulatorServer,
             await stream.start(timeout=10)
     finally:
         await stream.close()
+
+
+async def test_a_throttled_binance_connect_says_how_long_to_stay_away(
+    sim: SimulatorServer, sim_control: SimulatorControl
+) -> None:
+    """The listenKey request answered 429 (the IP over its weight): the stream reports the back-off
+    instead of a bare failure, so its activity records it for every worker and does not call again
+    during it (each call during a Binance back-off turns into a ban that doubles)."""
+    await sim_control.add_fault("POST /fapi/v1/listenKey", "ban", seconds=30, api_key=SIM_KEYS["binanceusdm"][0])
+    stream = AccountStream(Exchange.BINANCEUSDM, config(Exchange.BINANCEUSDM, sim))
+    try:
+        with pytest.raises(StreamLost) as lost:
+            await stream.start(timeout=10)
+    finally:
+        await stream.close()
+    assert lost.value.throttled_for is not None and lost.value.throttled_for >= 1
+
+
+def test_a_binance_ban_says_until_when() -> None:
+    from ccxt.base.errors import DDoSProtection, ExchangeError
+
+    now_ms = 1_796_150_000_000
+    banned = DDoSProtection(
+        'binanceusdm 418 {"code":-1003,"msg":"Way too many requests; IP(127.0.0.1) banned until 1796150240000."}'
+    )
+    assert throttled_for(banned, now_ms) == 240
+    assert throttled_for(DDoSProtection("binanceusdm 429 Too many requests"), now_ms) == 30  # the 429 default
+    assert throttled_for(ExchangeError("binanceusdm -2015 Invalid API-key"), now_ms) is None
 
 
 # ---------------------------------------------------------------- Egis follows the stream

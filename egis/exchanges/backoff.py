@@ -7,9 +7,17 @@ Bybit answers retCode 10006 at HTTP 200 with `X-Bapi-Limit-Reset-Timestamp`, and
 ("access too frequent") when an IP exceeds its limit, lifted after at least 10 minutes
 (bybit-exchange/docs docs/v5/rate-limit.mdx). Calling during a ban extends it, so no request
 may go out until it ends, from ANY worker: the deadline lives in PostgreSQL
-(`exchange_backoffs`) and a call reads it (one primary-key read) before it is sent, unless this
+(`exchange_backoffs`) and a call reads it (one indexed read) before it is sent, unless this
 process read it less than SHARED_READ_SECONDS ago (the calls of one activity share one read; a
 back-off set here is known here at once).
+
+Some limits are the IP's, not the account's: Binance counts request weight per IP (429 with
+-1003, then 418 bans) and Bybit's HTTP 403 is an IP ban. Every account of that venue calls from
+the same address, so such an answer stops them all: it is recorded under the account `*`
+(IP_WIDE), which every account of the exchange reads beside its own row. Per-account limits
+(Binance -1015 order counts, Bybit 10006 per UID) stay with the account. The IP-wide row is kept
+per venue endpoint (`*live`, `*testnet`, `*<simulator url>`), so the testnet's limits never
+stop live accounts.
 """
 
 from __future__ import annotations
@@ -39,6 +47,21 @@ SHARED_READ_SECONDS = 0.25
 """How long a read of the shared deadline stands for this process: a back-off another worker
 records is seen within this, about the time one exchange request takes anyway."""
 MAX_SECONDS = 3 * 24 * 3600.0  # Binance's longest ban: 3 days
+IP_WIDE = "*"
+"""How the `exchange_backoffs` account of a back-off that holds every account of a venue endpoint
+begins (`*` + the endpoint); account names cannot begin with it."""
+
+
+def ip_wide(exchange: str, status: int | None, code: str | None) -> bool:
+    """Whether a throttling answer limits the IP (every account of the venue) rather than one
+    account: Binance 418 (an IP ban) and 429 with -1003 (the IP's request weight; -1015, too many
+    orders, is the account's) (Binance USD-M docs, General Info > LIMITS, and Error Codes); Bybit
+    HTTP 403 (the IP's limit, bybit-exchange/docs docs/v5/rate-limit.mdx)."""
+    if exchange == "binanceusdm":
+        return status == 418 or (status == 429 and code != "-1015")
+    if exchange == "bybit":
+        return status == 403
+    return False
 
 
 def retry_after(status: int | None, headers: Mapping[str, str] | None, now_ms: float | None = None) -> float:
@@ -63,12 +86,13 @@ def retry_after(status: int | None, headers: Mapping[str, str] | None, now_ms: f
 
 class Backoff:
     """The back-off of one account. Without an engine (a gateway built outside a worker) it is
-    kept in memory only."""
+    kept in memory only, and an IP-wide back-off then holds this account alone."""
 
-    def __init__(self, exchange: str, account: str, engine: AsyncEngine | None = None) -> None:
+    def __init__(self, exchange: str, account: str, engine: AsyncEngine | None = None, venue: str = "live") -> None:
         self.exchange = exchange
         self.account = account
         self.engine = engine
+        self.ip_row = (IP_WIDE + venue)[:200]  # the account of this venue endpoint's IP-wide row
         self._until = 0.0  # epoch seconds
         self._read_at = -SHARED_READ_SECONDS  # monotonic time of the last read of the shared deadline
 
@@ -81,9 +105,9 @@ class Backoff:
                 async with self.engine.connect() as conn:
                     until = (
                         await conn.execute(
-                            select(exchange_backoffs.c.until).where(
+                            select(func.max(exchange_backoffs.c.until)).where(
                                 exchange_backoffs.c.exchange == self.exchange,
-                                exchange_backoffs.c.account == self.account,
+                                exchange_backoffs.c.account.in_([self.account, self.ip_row]),
                             )
                         )
                     ).scalar_one_or_none()
@@ -95,8 +119,9 @@ class Backoff:
         metrics.EXCHANGE_BACKOFF_SECONDS.labels(self.exchange, self.account).set(left)
         return left
 
-    async def impose(self, seconds: float, reason: str) -> None:
-        """No request to this account for `seconds` (a longer deadline already set stays)."""
+    async def impose(self, seconds: float, reason: str, *, ip: bool = False) -> None:
+        """No request to this account (ip: to any account of the exchange) for `seconds` (a
+        longer deadline already set stays)."""
         until = time.time() + seconds
         self._until = max(self._until, until)
         metrics.EXCHANGE_BACKOFF_SECONDS.labels(self.exchange, self.account).set(max(0.0, self._until - time.time()))
@@ -105,7 +130,7 @@ class Backoff:
             return
         at = datetime.fromtimestamp(until, UTC)
         statement = pg_insert(exchange_backoffs).values(
-            exchange=self.exchange, account=self.account, until=at, reason=reason[:300]
+            exchange=self.exchange, account=self.ip_row if ip else self.account, until=at, reason=reason[:300]
         )
         statement = statement.on_conflict_do_update(
             index_elements=[exchange_backoffs.c.exchange, exchange_backoffs.c.account],

@@ -28,7 +28,7 @@ from ccxt.base.errors import BaseError, OrderNotFound
 from egis import metrics
 from egis.errors import UnknownSymbol
 from egis.exchanges.accounts import AccountConfig
-from egis.exchanges.backoff import Backoff, retry_after, until_text
+from egis.exchanges.backoff import Backoff, ip_wide, retry_after, until_text
 from egis.exchanges.base import (
     Balance,
     ExchangeCallError,
@@ -224,7 +224,11 @@ class CcxtGateway:
             error = ExchangeCallError(self.exchange, operation, names, _error_code(exc), str(exc))
             if {"DDoSProtection", "RateLimitExceeded"} & set(names):
                 error.retry_after = retry_after(status, headers)
-                await self.backoff.impose(error.retry_after, f"{status} {error.code}: {error.message[:200]}")
+                await self.backoff.impose(
+                    error.retry_after,
+                    f"{status} {error.code}: {error.message[:200]}",
+                    ip=ip_wide(self.exchange.value, status, error.code),
+                )
             if "InvalidNonce" in names:  # -1021 / 10002: our clock is off the venue's
                 await self.learn_clock()
             raise error from None

@@ -19,6 +19,11 @@ from egis.exchanges.paper import PaperGateway
 from egis.models import Exchange
 
 
+def venue_of(config: AccountConfig) -> str:
+    """The endpoint an account calls (its IP-wide limits are shared with every account calling it)."""
+    return config.base_url or ("testnet" if config.sandbox else "live")
+
+
 def build_gateway(exchange: Exchange, account: str, config: AccountConfig, engine: AsyncEngine) -> Gateway:
     if exchange is Exchange.PAPER:
         source = PaperGateway.default_price_source(config)
@@ -28,7 +33,7 @@ def build_gateway(exchange: Exchange, account: str, config: AccountConfig, engin
             AccountConfig(exchange=source.exchange, base_url=source.base_url, sandbox=source.sandbox),
         )
         return PaperGateway(account, config, engine, prices)
-    return CcxtGateway(exchange, account, config, Backoff(exchange.value, account, engine))
+    return CcxtGateway(exchange, account, config, Backoff(exchange.value, account, engine, venue_of(config)))
 
 
 class Gateways:

@@ -35,6 +35,7 @@ import ccxt.pro as ccxt_pro
 from ccxt.base.errors import BaseError
 
 from egis.exchanges.accounts import AccountConfig
+from egis.exchanges.backoff import DEFAULT_SECONDS
 from egis.exchanges.local import point_to_local
 from egis.models import Exchange, Side
 from egis.redact import redact, register
@@ -72,7 +73,30 @@ Event = PositionUpdate | OrderUpdate
 
 
 class StreamLost(Exception):
-    """The stream ended (closed, expired key, silent, refused): the caller reconnects and gap-fills."""
+    """The stream ended (closed, expired key, silent, refused): the caller reconnects and gap-fills.
+    `throttled_for`: the venue throttled or banned the IP while connecting (seconds to stay away)."""
+
+    def __init__(self, message: str, throttled_for: float | None = None) -> None:
+        super().__init__(message)
+        self.throttled_for = throttled_for
+
+
+_BANNED_UNTIL = re.compile(r"banned until (\d{13})")
+
+
+def throttled_for(exc: BaseException, now_ms: float | None = None) -> float | None:
+    """Seconds to stay away after a throttling answer to the stream's REST calls (the listenKey,
+    the markets), or None. Binance's 418 says until when the IP is banned ("IP banned until
+    <ms>", Binance USD-M docs, General Info > LIMITS); otherwise the gateway's defaults."""
+    from ccxt.base.errors import DDoSProtection
+
+    if not isinstance(exc, DDoSProtection):  # RateLimitExceeded is one too
+        return None
+    match = _BANNED_UNTIL.search(str(exc))
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    if match:
+        return max(1.0, (int(match.group(1)) - now_ms) / 1000)
+    return DEFAULT_SECONDS[418 if "418" in str(exc) else 429]
 
 
 def _dec(value: Any) -> Decimal:
@@ -225,7 +249,9 @@ class AccountStream:
         try:
             await asyncio.wait_for(self._start(), timeout)
         except (BaseError, OSError, TimeoutError) as exc:
-            raise StreamLost(scrub(f"could not connect: {type(exc).__name__}: {str(exc)[:300]}")) from None
+            raise StreamLost(
+                scrub(f"could not connect: {type(exc).__name__}: {str(exc)[:300]}"), throttled_for(exc)
+            ) from None
 
     async def _start(self) -> None:
         await self._ex.load_markets()
