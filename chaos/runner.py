@@ -69,6 +69,8 @@ LEGACY_EVERY = 25
 JANITOR_SECONDS = 4.0
 """Phantom cleanup runs with --confirm this often while the load runs (issue 11)."""
 AGED = AgedPolicy(max_age_s=2, grace_s=120, loss_step_pct=D("0.5"), max_loss_pct=D(5), expire_s=600)
+BAN_SECONDS = 10
+"""The simulator's first Binance ban in the chaos run (the venue's: 120 s)."""
 VENUE_DEFAULTS = {
     "clock_offset_ms": 0,
     "bybit_history_delay_ms": 500,
@@ -171,6 +173,10 @@ class Chaos:
 
     # ------------------------------------------------------------ setup
     async def setup(self, accounts_dir: Path) -> None:
+        # Simulated bans last seconds (Binance's real first ban lasts 2 minutes, doubling per repeat up
+        # to 3 days; Bybit's 10+ minutes, see EGIS_BYBIT_IP_BAN_SECONDS below): the run measures that
+        # Egis waits a ban out and keeps its invariants, not how long a venue can keep it out.
+        await self.sim.settings(binance_ban_seconds=BAN_SECONDS)
         for exchange in (Exchange.BINANCEUSDM, Exchange.BYBIT, Exchange.PAPER):
             for n in range(self.config.accounts_per_exchange):
                 account = f"chaos-{exchange.value[:5]}-{n}"
@@ -455,6 +461,14 @@ class Chaos:
         route, fault = choices[name]
         await patient(lambda: self.sim.add_fault(route, api_key=key, **{"count": 1} | fault))
         self.tally.faults[name] += 1
+        if fault["kind"] == "ban":
+            # each injected ban is an incident of its own: once it has run its course the venue forgets
+            # it, or bans would double from one fault to the next (10 s, 20 s, ... 3 days) over a long run
+            self.reverts.append(asyncio.create_task(self._lift_bans_later(fault["seconds"] + 2 * BAN_SECONDS)))
+
+    async def _lift_bans_later(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await patient(self.sim.lift_bans)
 
     async def _revert_later(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
