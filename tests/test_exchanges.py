@@ -208,3 +208,17 @@ async def test_close_failed_reopens_the_position_and_retires_the_unsent_close_or
             )
         ).one()
     assert audit.before["status"] == "closing" and audit.after["status"] == "open"
+
+
+async def test_binance_prices_cost_one_or_two_weight_not_forty(deps: Deps, sim_control: SimulatorControl) -> None:
+    """ccxt's fetch_tickers reads Binance's 24 h ticker of every symbol (weight 40) even for one; the
+    price watch ticks every few seconds on every account of one IP, so the gateway reads the symbol
+    price ticker instead (weight 1 for one symbol, 2 for all) and answers the same prices."""
+    gateway = await deps.gateways.get(Exchange.BINANCEUSDM, ACCOUNTS["binanceusdm"])
+    before = len(await sim_control.requests())
+    await sim_control.set_price("ETHUSDT", "3000.5")
+    assert await gateway.fetch_tickers(["BTCUSDT"]) == {"BTCUSDT": D("60000")}
+    assert await gateway.fetch_tickers(["ETHUSDT", "BTCUSDT"]) == {"ETHUSDT": D("3000.5"), "BTCUSDT": D("60000")}
+    tickers = [(r["path"], r["query"].get("symbol")) for r in (await sim_control.requests())[before:]]
+    tickers = [t for t in tickers if "ticker" in t[0]]
+    assert tickers == [("/fapi/v1/ticker/price", "BTCUSDT"), ("/fapi/v1/ticker/price", None)]
