@@ -20,6 +20,7 @@ from activities.deps import Deps
 from activities.watch import WatchActivities
 from egis import metrics
 from egis.db.schema import positions
+from egis.exchanges.backoff import Backoff
 from egis.models import (
     ALL_SEARCH_ATTRIBUTES,
     AgedCheckInput,
@@ -48,6 +49,21 @@ def test_alert_rules_cover_seed_003_and_use_real_metrics(repo_root: Path) -> Non
     for alert in alerts.values():
         for name in re.findall(r"([a-z_]+)_total", alert["expr"]):
             assert name in exposed, f"{alert['alert']} uses {name}_total, which no Egis counter exposes"
+
+
+async def test_a_back_off_shows_as_a_gauge_that_an_alert_watches(repo_root: Path) -> None:
+    """Issue 12: while Egis backs off an account (a Retry-After, a ban), `exchange_backoff_seconds`
+    says for how long, and the EgisExchangeBackoff rule fires on it."""
+    rules = yaml.safe_load((repo_root / "deploy" / "prometheus-alerts.yml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert "exchange_backoff_seconds" in alerts["EgisExchangeBackoff"]["expr"]
+    labels = {"exchange": "binanceusdm", "account": "gauge-check"}
+    backoff = Backoff("binanceusdm", "gauge-check")  # no engine: this process only
+    await backoff.impose(30, "429 -1003: too much request weight")
+    assert 25 < (REGISTRY.get_sample_value("exchange_backoff_seconds", labels) or 0) <= 30
+    backoff._until = 0.0  # the back-off is over
+    assert await backoff.remaining() == 0
+    assert REGISTRY.get_sample_value("exchange_backoff_seconds", labels) == 0
 
 
 def test_metric_names_are_the_ones_the_issue_names() -> None:
