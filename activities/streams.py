@@ -35,7 +35,7 @@ from activities.deps import Deps
 from egis import metrics
 from egis.db import maintenance as mdb
 from egis.db import store as db
-from egis.db.schema import orders, stream_status
+from egis.db.schema import orders, positions, stream_status
 from egis.errors import EgisError
 from egis.exchanges.accounts import load_account
 from egis.exchanges.backoff import Backoff
@@ -61,6 +61,12 @@ RECONNECT_PAUSE = (0.5, 15.0)
 """Pause before reconnecting: from the first value, doubling, capped at the second."""
 HEARTBEAT_SECONDS = 2.0
 REPORTED_KEPT = 200
+RETELL_SECONDS = 5.0
+"""A ghost told to a position workflow that is still open this long after is told again: a hint
+that reaches the workflow while it is still settling its open (the database already says open,
+the workflow not yet) is not taken, and the venue sends no second event."""
+MAX_RETELLS = 12
+"""Then the stream stops telling that position (logged); the REST sync still covers it."""
 
 
 @dataclass
@@ -70,6 +76,8 @@ class _Run:
     exchange: Exchange
     account: str
     told: dict[int, str] = field(default_factory=dict)  # position id -> last hint sent
+    told_at: dict[int, float] = field(default_factory=dict)  # position id -> when (monotonic)
+    unconfirmed: dict[int, tuple[OurPosition, SyncHint, int]] = field(default_factory=dict)  # ghosts told, times
     reported: list[int] = field(default_factory=list)  # positions reported (kept for the sync's check)
     events: int = 0
     reconnects: int = 0
@@ -165,17 +173,50 @@ class StreamActivities:
                 pause = min(pause * 2, RECONNECT_PAUSE[1])
 
     async def _consume(self, run: _Run, stream: AccountStream, deadline: float) -> None:
-        silent_since = time.monotonic()
-        async for event in stream.events(idle=WATCHDOG_SECONDS):
-            if time.monotonic() >= deadline:
+        silent_since = watched_at = time.monotonic()
+        async for event in stream.events(idle=min(RETELL_SECONDS, WATCHDOG_SECONDS)):
+            now = time.monotonic()
+            if now >= deadline:
                 return
-            if event is None:  # the watchdog: nothing for a while; the venues replay nothing
+            if event is not None:
+                silent_since = now
+                await self._handle(run, event)
+            elif now - max(silent_since, watched_at) >= WATCHDOG_SECONDS:
+                # the watchdog: nothing for a while; the venues replay nothing
+                watched_at = now
                 await self._gap_fill(run, "silence")
-                if time.monotonic() - silent_since >= SILENCE_RECONNECT_SECONDS:
+                if now - silent_since >= SILENCE_RECONNECT_SECONDS:
                     raise StreamLost(f"silent for {SILENCE_RECONNECT_SECONDS:.0f}s")
-                continue
-            silent_since = time.monotonic()
-            await self._handle(run, event)
+            await self._retell(run)
+
+    async def _retell(self, run: _Run) -> None:
+        """Tell again the ghosts told RETELL_SECONDS ago whose position is still open (their workflow
+        was settling its open when the hint came); forget those that are final."""
+        now = time.monotonic()
+        due = [pid for pid in run.unconfirmed if now - run.told_at.get(pid, now) >= RETELL_SECONDS]
+        if not due:
+            return
+        async with self.deps.engine.connect() as conn:
+            status = dict(
+                (await conn.execute(select(positions.c.id, positions.c.status).where(positions.c.id.in_(due)))).all()
+            )
+        for pid in due:
+            position, hint, times = run.unconfirmed[pid]
+            if status.get(pid) != "open":
+                del run.unconfirmed[pid]  # closing or closed: the hint was taken (or another path won)
+            elif times >= MAX_RETELLS:
+                del run.unconfirmed[pid]
+                log.warning(
+                    "%s/%s: %s still open after %d stream hints; leaving it to the REST sync",
+                    run.exchange,
+                    run.account,
+                    position.workflow_id,
+                    times,
+                )
+            else:
+                run.told.pop(pid, None)
+                await self._tell(run, position, hint)
+                run.unconfirmed[pid] = (position, hint, times + 1)
 
     # ------------------------------------------------------------ events
     async def _handle(self, run: _Run, event: PositionUpdate | OrderUpdate) -> None:
@@ -243,6 +284,9 @@ class StreamActivities:
         if run.told.get(position.position_id) == key or position.workflow_id is None:
             return
         run.told[position.position_id] = key
+        run.told_at[position.position_id] = time.monotonic()
+        if hint.kind == "ghost" and position.position_id not in run.unconfirmed:
+            run.unconfirmed[position.position_id] = (position, hint, 0)
         run.reported = [*run.reported[-(REPORTED_KEPT - 1) :], position.position_id]
         await self._write_status(run, connected=True)  # before the signal: the sync must see it reported
         assert self.deps.temporal is not None, "the stream activity needs a Temporal client"

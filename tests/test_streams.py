@@ -27,7 +27,8 @@ from egis import metrics
 from egis.db.schema import audit_events, stream_status
 from egis.exchanges.accounts import AccountConfig
 from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost, throttled_for
-from egis.models import AccountInput, CloseRequest, Exchange, stream_workflow_id
+from egis.models import AccountInput, CloseRequest, Exchange, SyncHint, stream_workflow_id
+from egis.rules.sync import OurPosition
 from egis.simulator.control import SimulatorControl
 from egis.simulator.server import SimulatorServer
 from tests.conftest import ACCOUNTS, SIM_KEYS
@@ -279,3 +280,29 @@ async def test_a_manual_close_still_works_and_the_stream_stays_out_of_its_way(
     result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
     assert result is not None and result.status == "closed" and result.exit_reason == "manual"
     assert result.orders_sent == 1
+
+
+async def test_a_ghost_hint_not_taken_is_told_again_until_the_position_is_final(
+    h: Harness, sim_control: SimulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hint that reaches a position workflow still settling its open is not taken, and the venue
+    sends no second event: the stream tells the ghost again while the position stays open, and
+    stops once it is final. (Here the first hints go to a workflow id that does not exist, so
+    none is taken.)"""
+    monkeypatch.setattr(stream_activity, "RETELL_SECONDS", 0.2)
+    bot = await h.bot(Exchange.BYBIT)
+    view = await h.open(bot)
+    acts = stream_activity.StreamActivities(h.deps)
+    run = stream_activity._Run(Exchange.BYBIT, ACCOUNTS["bybit"])
+    lost = OurPosition(view.position_id, "pos-nobody-listens-x", "BTCUSDT", "long", "open", D("0.002"), None)
+    await acts._tell(run, lost, SyncHint(kind="ghost"))
+    await acts._retell(run)  # too soon: nothing
+    assert run.unconfirmed[view.position_id][2] == 0
+    await asyncio.sleep(0.25)
+    await acts._retell(run)  # still open in the database: told again
+    assert run.unconfirmed[view.position_id][2] == 1
+    result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
+    assert result is not None and result.status == "closed"
+    await asyncio.sleep(0.25)
+    await acts._retell(run)  # final: forgotten
+    assert view.position_id not in run.unconfirmed
