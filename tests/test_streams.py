@@ -289,20 +289,21 @@ async def test_a_ghost_hint_not_taken_is_told_again_until_the_position_is_final(
     sends no second event: the stream tells the ghost again while the position stays open, and
     stops once it is final. (Here the first hints go to a workflow id that does not exist, so
     none is taken.)"""
-    monkeypatch.setattr(stream_activity, "RETELL_SECONDS", 0.2)
+    monkeypatch.setattr(stream_activity, "RETELL_SECONDS", 600.0)  # time passes only when the test says so
     bot = await h.bot(Exchange.BYBIT)
     view = await h.open(bot)
     acts = stream_activity.StreamActivities(h.deps)
     run = stream_activity._Run(Exchange.BYBIT, ACCOUNTS["bybit"])
-    lost = OurPosition(view.position_id, "pos-nobody-listens-x", "BTCUSDT", "long", "open", D("0.002"), None)
+    pid = view.position_id
+    lost = OurPosition(pid, "pos-nobody-listens-x", "BTCUSDT", "long", "open", D("0.002"), None)
     await acts._tell(run, lost, SyncHint(kind="ghost"))
     await acts._retell(run)  # too soon: nothing
-    assert run.unconfirmed[view.position_id][2] == 0
-    await asyncio.sleep(0.25)
+    assert run.unconfirmed[pid][2] == 0
+    run.told_at[pid] -= 601  # RETELL_SECONDS later
     await acts._retell(run)  # still open in the database: told again
-    assert run.unconfirmed[view.position_id][2] == 1
+    assert run.unconfirmed[pid][2] == 1
     result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
     assert result is not None and result.status == "closed"
-    await asyncio.sleep(0.25)
+    run.told_at[pid] -= 601
     await acts._retell(run)  # final: forgotten
-    assert view.position_id not in run.unconfirmed
+    assert pid not in run.unconfirmed
