@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import logging
 import random
 import shutil
@@ -78,6 +79,9 @@ VENUE_DEFAULTS = {
     "binance_market_new_answer": False,
 }
 """The simulator's faithful defaults, restored after each venue-wide fault."""
+STALL_SECONDS = 600.0
+"""A run in which no lifecycle ends and no end-of-run step passes for this long has hung: the
+watchdog logs where every task waits and fails the run (it had sat silent for good)."""
 TRANSIENT = (
     RPCError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -168,6 +172,9 @@ class Chaos:
         self.run_id = time.strftime("%H%M%S")
         self.prices = dict(START_PRICES)
         self.violations: list[invariants.Violation] = []  # found during the run (after each cleanup)
+        self.finished = 0  # lifecycles ended
+        self.phase = "load"  # the run's step, logged by the watchdog
+        self.progressed = time.monotonic()
         self.reverts: list[asyncio.Task[None]] = []
         self.refusals = self.tally.refusals
 
@@ -236,6 +243,33 @@ class Chaos:
             await self._lifecycle(kind, slot, n)
         finally:
             self.slots.put_nowait(slot)
+            self.finished += 1
+            self.progressed = time.monotonic()
+
+    def step(self, phase: str) -> None:
+        logger.warning("%s", phase)
+        self.phase = phase
+        self.progressed = time.monotonic()
+
+    async def watchdog(self, total: int) -> None:
+        """Log progress every minute; after STALL_SECONDS without any, log where each task waits
+        and end (the run then fails instead of sitting silent)."""
+        while True:
+            await asyncio.sleep(60)
+            idle = time.monotonic() - self.progressed
+            logger.warning(
+                "%d/%d lifecycles ended, step %r, %.0f s since the last progress",
+                self.finished,
+                total,
+                self.phase,
+                idle,
+            )
+            if idle > STALL_SECONDS:
+                stacks = io.StringIO()
+                for task in asyncio.all_tasks():
+                    task.print_stack(limit=12, file=stacks)
+                logger.error("hung at step %r; where each task waits:\n%s", self.phase, stacks.getvalue())
+                return
 
     async def _lifecycle(self, kind: str, slot: Slot, n: int) -> None:
         bot = self.bots[(slot.account, kind == "aged")]
@@ -535,25 +569,41 @@ async def run(config: ChaosConfig) -> ChaosResult:
                         await patient(lambda: chaos.plant_legacy_phantom(n))
                     await chaos.lifecycle(n)
 
-            expected = config.lifecycles * 1.2
-            monkey = asyncio.create_task(chaos.monkey(expected))
-            janitor_stop = asyncio.Event()
-            janitor = asyncio.create_task(chaos.janitor(janitor_stop))
-            await asyncio.gather(*(one(n) for n in range(config.lifecycles)))
-            await monkey
-            await asyncio.gather(*chaos.reverts)
-            await sim.clear_faults()
-            await sim.lift_bans()
-            await stack.start_worker()  # any worker of the pool that is not running
-            load_done = time.monotonic()
-            for row in await schedules.list_schedules(client.require_temporal(), settings.task_queue):
-                await client.require_temporal().get_schedule_handle(row["id"]).delete()
-            janitor_stop.set()
-            await janitor  # its last run, after every lifecycle ended, closes the legacy phantoms left
-            violations = await quiesce(client, sim, chaos.api_keys, settings.task_queue)
-            violations = chaos.violations + violations
-            quiesced = time.monotonic() - load_done
-            return ChaosResult(config, chaos.tally, violations, quiesced, time.monotonic() - started)
+            async def body() -> ChaosResult:
+                expected = config.lifecycles * 1.2
+                monkey = asyncio.create_task(chaos.monkey(expected))
+                janitor_stop = asyncio.Event()
+                janitor = asyncio.create_task(chaos.janitor(janitor_stop))
+                await asyncio.gather(*(one(n) for n in range(config.lifecycles)))
+                chaos.step("every lifecycle ended; waiting for the monkey's last fault")
+                await monkey
+                chaos.step("reverting the venue-wide faults")
+                await asyncio.gather(*chaos.reverts)
+                await sim.clear_faults()
+                await sim.lift_bans()
+                chaos.step("starting any worker not running")
+                await stack.start_worker()  # any worker of the pool that is not running
+                load_done = time.monotonic()
+                chaos.step("deleting the schedules")
+                for row in await schedules.list_schedules(client.require_temporal(), settings.task_queue):
+                    await client.require_temporal().get_schedule_handle(row["id"]).delete()
+                chaos.step("the phantom cleanup's last run")
+                janitor_stop.set()
+                await janitor  # its last run, after every lifecycle ended, closes the legacy phantoms left
+                chaos.step("quiescing")
+                violations = await quiesce(client, sim, chaos.api_keys, settings.task_queue)
+                violations = chaos.violations + violations
+                quiesced = time.monotonic() - load_done
+                return ChaosResult(config, chaos.tally, violations, quiesced, time.monotonic() - started)
+
+            work = asyncio.create_task(body())
+            watchdog = asyncio.create_task(chaos.watchdog(config.lifecycles))
+            await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            watchdog.cancel()
+            if not work.done():
+                work.cancel()
+                raise RuntimeError(f"the chaos run hung at step {chaos.phase!r} (see the log for where)")
+            return work.result()
     except BaseException:
         failed = True
         logger.exception("chaos: the run failed")

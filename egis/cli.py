@@ -300,7 +300,7 @@ async def cmd_close(args: argparse.Namespace) -> int:
 
     request = CloseRequest(reason=args.reason)
     async with EgisClient.from_settings(settings_from(args)) as client:
-        result = await client.close_position(args.position, request, wait=not args.no_wait)
+        result = await client.close_position(args.position, request, wait=not args.no_wait, timeout=args.timeout)
     if result is None:
         print(f"close requested for {args.position} (signal sent)")
         return EXIT_OK
@@ -731,6 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("position", help="workflow id (pos-<bot>-<ref>) or position id")
     close.add_argument("--reason", default="manual")
     close.add_argument("--no-wait", action="store_true", help="send the close signal and return")
+    close.add_argument(
+        "--timeout",
+        type=bounded_int(1, 3600),
+        default=120,
+        help="seconds to wait for the outcome (1-3600); the close goes on after the wait ends",
+    )
     close.add_argument("--json", action="store_true")
     close.set_defaults(func=cmd_close)
 

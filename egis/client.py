@@ -79,6 +79,11 @@ from egis.models import (
 )
 from egis.temporal import connect
 
+# How long `egis close` waits for the close's outcome by default (a close that meets a venue's
+# back-off can take minutes; the workflow goes on after the wait ends, the answer only says so).
+CLOSE_WAIT_SECONDS = 120.0
+QUERY_WAIT_SECONDS = 30.0
+
 
 @dataclass
 class EgisClient:
@@ -225,17 +230,44 @@ class EgisClient:
             raise InvalidInput(f"{excerpt(position)} is neither a position id nor a workflow id (pos-<bot>-<ref>)")
         return position
 
-    async def close_position(self, position: str, request: CloseRequest, *, wait: bool = True) -> CloseResult | None:
-        """Close through the workflow: an update that returns the result, or a fire-and-forget signal."""
+    async def close_position(
+        self, position: str, request: CloseRequest, *, wait: bool = True, timeout: float = CLOSE_WAIT_SECONDS
+    ) -> CloseResult | None:
+        """Close through the workflow: an update that returns the result (waited for at most
+        `timeout` seconds, then a StackError that says the close may be under way), or a
+        fire-and-forget signal."""
         from workflows.position import PositionWorkflow
 
+        if not 0 < timeout <= 3600:
+            raise InvalidInput(f"close timeout must be 0 < seconds <= 3600, got {timeout}")
         workflow_id = await self.workflow_id_of(position)
         handle = self.require_temporal().get_workflow_handle(workflow_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def remaining() -> timedelta:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise WorkflowUpdateRPCTimeoutOrCancelledError()
+            return timedelta(seconds=left)
+
         try:
             if not wait:
                 await handle.signal(PositionWorkflow.close, request)
                 return None
-            return await handle.execute_update(PositionWorkflow.request_close, request)
+            # Every wait carries a deadline: an update the server lost in a restart before it was
+            # accepted is otherwise polled for ever (no answer, no error).
+            update = await handle.start_update(
+                PositionWorkflow.request_close,
+                request,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=remaining(),
+            )
+            while True:
+                try:
+                    return await update.result(rpc_timeout=remaining())
+                except WorkflowUpdateRPCTimeoutOrCancelledError:
+                    remaining()  # past the deadline: raised again; else the poll ended early: again
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             raise InvalidTransition(cause.message if isinstance(cause, ApplicationError) else str(exc)) from None
@@ -249,20 +281,32 @@ class EgisClient:
         except RPCError as exc:
             if "completed" in exc.message.lower():
                 raise InvalidTransition(f"position {workflow_id} is finished: there is nothing to close") from None
-            if exc.status == RPCStatusCode.NOT_FOUND:
+            if exc.status == RPCStatusCode.NOT_FOUND and not await self._exists(workflow_id):
                 raise PositionNotFound(f"no position workflow {workflow_id}") from None
-            if server_outage(exc):
+            if server_outage(exc) or exc.status == RPCStatusCode.NOT_FOUND:
+                # NOT_FOUND of a workflow that exists: the server lost the request in a restart
                 raise StackError(
                     f"Temporal went away while closing {workflow_id} ({exc.message}): the close may be "
                     f"under way; ask again or look at `egis positions`"
                 ) from None
             raise
 
+    async def _exists(self, workflow_id: str) -> bool:
+        try:
+            await self.require_temporal().get_workflow_handle(workflow_id).describe(rpc_timeout=timedelta(seconds=10))
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
     async def position_state(self, position: str) -> PositionView:
         from workflows.position import PositionWorkflow
 
         workflow_id = await self.workflow_id_of(position)
-        return await self.require_temporal().get_workflow_handle(workflow_id).query(PositionWorkflow.state)
+        handle = self.require_temporal().get_workflow_handle(workflow_id)
+        # a query waits for a worker to answer: bounded, so no caller waits for ever
+        return await handle.query(PositionWorkflow.state, rpc_timeout=timedelta(seconds=QUERY_WAIT_SECONDS))
 
     async def positions(
         self, *, bot: str | None = None, status: str | None = None, limit: int = 500

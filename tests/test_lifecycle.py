@@ -19,9 +19,11 @@ from egis.client import EgisClient
 from egis.db.schema import orders, paper_positions, positions
 from egis.errors import (
     BudgetExceeded,
+    InvalidInput,
     InvalidTransition,
     PositionAlreadyOpen,
     QuantityRejected,
+    StackError,
     UnknownSymbol,
     UntrackedExchangePosition,
 )
@@ -145,6 +147,26 @@ async def test_an_open_no_worker_takes_answers_opening_when_its_wait_ends(h: Har
     assert await db_positions(h) == []
     with pytest.raises(PositionAlreadyOpen):  # the ref is taken: a retry never starts a second one
         await idle.open_position(request, wait=2)
+
+
+async def test_a_close_no_worker_takes_answers_when_its_wait_ends(h: Harness) -> None:
+    """`egis close --timeout N` waits N seconds, not for ever: with no worker to take the request
+    the answer is the typed StackError that says the close may be under way (the request stays
+    with the workflow), and nothing was written."""
+    bot = await h.bot(Exchange.PAPER)
+    idle = EgisClient(
+        h.client.settings.model_copy(update={"task_queue": "nobody-polls-this"}), h.deps.engine, h.temporal
+    )
+    request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("120"), ref="no-worker-close")
+    h.started.append(position_workflow_id(bot, request.ref))
+    view = await idle.open_position(request, wait=None)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StackError, match="did not answer the close"):
+        await idle.close_position(view.workflow_id, CloseRequest(reason="manual"), timeout=2)
+    assert 1.5 <= asyncio.get_running_loop().time() - started < 20
+    with pytest.raises(InvalidInput, match="close timeout"):
+        await idle.close_position(view.workflow_id, CloseRequest(reason="manual"), timeout=0)
+    assert await db_positions(h) == []
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,9 @@ async def _maintain(activity_name: str, request: MaintenanceInput, reason: str) 
         activity_name,
         request,
         result_type=MaintenanceReport,
-        start_to_close_timeout=timedelta(minutes=10),
+        # one transaction (seconds at 10,000 positions): a worker killed while it runs is seen
+        # after this long and the run retried on another; 10 minutes had stalled every run behind it
+        start_to_close_timeout=timedelta(seconds=60),
         retry_policy=RETRY,
         summary=f"{activity_name.replace('_', ' ')} ({'repair' if request.apply else 'dry run'})",
     )
