@@ -158,11 +158,11 @@ class StreamActivities:
             except StreamLost as lost:
                 run.last_error = str(lost)[:300]
                 log.warning("%s/%s: private stream lost (%s); reconnecting", run.exchange, run.account, lost)
-                if lost.throttled_for:  # every worker's calls wait it out, this stream's too
-                    # Binance's 429/418 limit the IP; Bybit's 403 is the IP's, its 10006 the account's
-                    ip = run.exchange is Exchange.BINANCEUSDM or "403" in str(lost)
+                if lost.throttle:  # every worker's calls wait it out, this stream's too
                     with contextlib.suppress(Exception):
-                        await backoff.impose(lost.throttled_for, f"stream connect: {str(lost)[:200]}", ip=ip)
+                        await backoff.impose(
+                            lost.throttle.seconds, f"stream connect: {str(lost)[:200]}", ip=lost.throttle.ip_wide
+                        )
             finally:
                 metrics.STREAM_CONNECTED.labels(run.exchange.value, run.account).set(0)
                 await stream.close()

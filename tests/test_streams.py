@@ -26,7 +26,8 @@ from activities.deps import Deps
 from egis import metrics
 from egis.db.schema import audit_events, stream_status
 from egis.exchanges.accounts import AccountConfig
-from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost, throttled_for
+from egis.exchanges.ccxt_gateway import Throttle, throttle_of
+from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
 from egis.models import AccountInput, CloseRequest, Exchange, SyncHint, stream_workflow_id
 from egis.rules.sync import OurPosition
 from egis.simulator.control import SimulatorControl
@@ -126,19 +127,30 @@ async def test_a_throttled_binance_connect_says_how_long_to_stay_away(
             await stream.start(timeout=10)
     finally:
         await stream.close()
-    assert lost.value.throttled_for is not None and lost.value.throttled_for >= 1
+    throttle = lost.value.throttle
+    assert throttle is not None and throttle.seconds >= 1 and throttle.ip_wide  # Binance's weight is the IP's
 
 
-def test_a_binance_ban_says_until_when() -> None:
-    from ccxt.base.errors import DDoSProtection, ExchangeError
+def test_a_throttling_answer_says_how_long_and_whose() -> None:
+    """One rule for the gateway's calls and the stream's connects (`throttle_of`): how long (the
+    venue's headers, or Binance's "banned until"), and whether the limit is the IP's."""
+    from ccxt.base.errors import DDoSProtection, ExchangeError, RateLimitExceeded
 
     now_ms = 1_796_150_000_000
     banned = DDoSProtection(
         'binanceusdm 418 {"code":-1003,"msg":"Way too many requests; IP(127.0.0.1) banned until 1796150240000."}'
     )
-    assert throttled_for(banned, now_ms) == 240
-    assert throttled_for(DDoSProtection("binanceusdm 429 Too many requests"), now_ms) == 30  # the 429 default
-    assert throttled_for(ExchangeError("binanceusdm -2015 Invalid API-key"), now_ms) is None
+    binance, bybit = Exchange.BINANCEUSDM, Exchange.BYBIT
+    assert throttle_of(binance, banned, 418, {}, now_ms) == Throttle(240, True)
+    weight = RateLimitExceeded('binanceusdm {"code":-1003,"msg":"Too many requests"}')
+    assert throttle_of(binance, weight, 429, {}, now_ms) == Throttle(30, True)  # the 429 default, the IP's
+    orders = RateLimitExceeded('binanceusdm {"code":-1015,"msg":"Too many new orders"}')
+    assert throttle_of(binance, orders, 429, {"Retry-After": "7"}, now_ms) == Throttle(7, False)  # the account's
+    reset = {"X-Bapi-Limit-Reset-Timestamp": str(now_ms + 2000)}
+    too_many = RateLimitExceeded('bybit {"retCode":10006,"retMsg":"Too many visits!"}')
+    assert throttle_of(bybit, too_many, 200, reset, now_ms) == Throttle(2, False)  # per UID
+    assert throttle_of(bybit, DDoSProtection("bybit GET /v5/position/list 403 Forbidden"), 403, {}, now_ms).ip_wide
+    assert throttle_of(binance, ExchangeError("binanceusdm -2015 Invalid API-key"), 401, {}, now_ms) is None
 
 
 # ---------------------------------------------------------------- Egis follows the stream

@@ -13,11 +13,12 @@ back-off set here is known here at once).
 
 Some limits are the IP's, not the account's: Binance counts request weight per IP (429 with
 -1003, then 418 bans) and Bybit's HTTP 403 is an IP ban. Every account of that venue calls from
-the same address, so such an answer stops them all: it is recorded under the account `*`
-(IP_WIDE), which every account of the exchange reads beside its own row. Per-account limits
-(Binance -1015 order counts, Bybit 10006 per UID) stay with the account. The IP-wide row is kept
-per venue endpoint (`*live`, `*testnet`, `*<simulator url>`), so the testnet's limits never
-stop live accounts.
+the same address, so such an answer stops them all: it is recorded under the account
+`*<venue endpoint>` (IP_WIDE followed by `live`, `testnet` or the simulator's url), which every
+account of that exchange and endpoint reads beside its own row, so the testnet's limits never
+stop live accounts. Per-account limits (Binance -1015 order counts, Bybit 10006 per UID) stay
+with the account. `egis.exchanges.ccxt_gateway.throttle_of` reads both from an answer, for the
+gateway's calls and the private streams' connects alike.
 """
 
 from __future__ import annotations

@@ -12,12 +12,15 @@ submission is looked up instead of re-sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import json
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -103,6 +106,78 @@ def _ssl_context(cafile: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+def new_client(module: Any, exchange: Exchange, config: AccountConfig) -> Any:
+    """The account's ccxt client (`module`: ccxt.async_support for REST, ccxt.pro for the private
+    streams), built the same way for both: credentials, rate limiting against the real venue,
+    linear markets only on Bybit, pointed at a local simulator or the testnet, and the responses'
+    HTTP status and headers kept for the call that made them (see `throttle_of`)."""
+    params: dict[str, Any] = {
+        "apiKey": config.api_key.get_secret_value() if config.api_key else None,
+        "secret": config.secret.get_secret_value() if config.secret else None,
+        "enableRateLimit": config.base_url is None,
+        "timeout": config.timeout_ms,
+    }
+    client = (module.binanceusdm if exchange is Exchange.BINANCEUSDM else module.bybit)(params)
+    if client.verify:
+        client.ssl_context = _ssl_context(client.cafile)
+    if exchange is Exchange.BYBIT:
+        client.options["fetchMarkets"] = {**client.options.get("fetchMarkets", {}), "types": ["linear"]}
+    if config.base_url:
+        point_to_local(client, config.base_url)
+    elif config.sandbox:
+        client.set_sandbox_mode(True)
+    original = client.on_rest_response
+
+    def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):  # type: ignore[no-untyped-def]
+        # ccxt hands every response to `on_rest_response` in the caller's task
+        seen = _RESPONSES.get()
+        if seen is not None:
+            seen.append((code, headers))
+        return original(code, reason, url, method, headers, body, request_headers, request_body)
+
+    client.on_rest_response = on_rest_response
+    return client
+
+
+@contextlib.contextmanager
+def responses_seen() -> Iterator[list[tuple[int, Any]]]:
+    """Collect the (HTTP status, headers) of the responses to the ccxt calls made inside (and in
+    the tasks they start)."""
+    seen: list[tuple[int, Any]] = []
+    token = _RESPONSES.set(seen)
+    try:
+        yield seen
+    finally:
+        _RESPONSES.reset(token)
+
+
+@dataclass(frozen=True)
+class Throttle:
+    seconds: float  # how long no request may go out
+    ip_wide: bool  # the IP's limit (every account of the venue), not the account's
+
+
+_BANNED_UNTIL = re.compile(r"banned until (\d{13})")
+
+
+def throttle_of(
+    exchange: Exchange, exc: BaseException, status: int | None, headers: Any, now_ms: float | None = None
+) -> Throttle | None:
+    """The back-off a throttling answer asks for, or None: how long, from the venue's headers
+    (`retry_after`) or Binance's "IP banned until <ms>" (its 418, Binance USD-M docs, General Info
+    > LIMITS); and whether it holds the IP (`ip_wide`)."""
+    from ccxt.base.errors import DDoSProtection, RateLimitExceeded
+
+    if not isinstance(exc, DDoSProtection | RateLimitExceeded):
+        return None
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    seconds = retry_after(status, headers, now_ms)
+    match = _BANNED_UNTIL.search(str(exc))
+    if match:
+        seconds = max(1.0, (int(match.group(1)) - now_ms) / 1000)
+    return Throttle(seconds, ip_wide(exchange.value, status, _error_code(exc)))
+
+
 def _dec(value: Any) -> Decimal | None:
     if value in (None, ""):
         return None
@@ -146,22 +221,7 @@ class CcxtGateway:
             raise ValueError(f"CcxtGateway serves binanceusdm and bybit, not {exchange}")
         self.exchange = exchange
         self.account = account
-        params: dict[str, Any] = {
-            "apiKey": config.api_key.get_secret_value() if config.api_key else None,
-            "secret": config.secret.get_secret_value() if config.secret else None,
-            "enableRateLimit": config.base_url is None,
-            "timeout": config.timeout_ms,
-        }
-        cls = ccxt_async.binanceusdm if exchange is Exchange.BINANCEUSDM else ccxt_async.bybit
-        self._ex = cls(params)
-        if self._ex.verify:
-            self._ex.ssl_context = _ssl_context(self._ex.cafile)
-        if exchange is Exchange.BYBIT:
-            self._ex.options["fetchMarkets"] = {**self._ex.options.get("fetchMarkets", {}), "types": ["linear"]}
-        if config.base_url:
-            point_to_local(self._ex, config.base_url)
-        elif config.sandbox:
-            self._ex.set_sandbox_mode(True)
+        self._ex = new_client(ccxt_async, exchange, config)
         self._markets: dict[str, MarketRules] | None = None
         self._symbols: dict[str, str] = {}  # BTCUSDT -> BTC/USDT:USDT
         self._load_lock = asyncio.Lock()
@@ -169,24 +229,10 @@ class CcxtGateway:
         self.hedge_mode: bool | None = None  # learnt when the gateway starts (load_markets)
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # "now" for trade-history windows
         self._mode_checked = 0.0
-        self._watch_responses()
 
     @property
     def _binance(self) -> bool:
         return self.exchange is Exchange.BINANCEUSDM
-
-    def _watch_responses(self) -> None:
-        """Keep each call's HTTP status and headers (Retry-After, the venues' rate-limit headers) for
-        the call that made it: ccxt hands every response to `on_rest_response` in the caller's task."""
-        original = self._ex.on_rest_response
-
-        def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):  # type: ignore[no-untyped-def]
-            seen = _RESPONSES.get()
-            if seen is not None:
-                seen.append((code, headers))
-            return original(code, reason, url, method, headers, body, request_headers, request_body)
-
-        self._ex.on_rest_response = on_rest_response  # type: ignore[method-assign]
 
     async def check_backoff(self) -> None:
         """Refuse, without sending anything, while the account is backing off (a ban, a Retry-After)."""
@@ -222,12 +268,11 @@ class CcxtGateway:
             names = [c.__name__ for c in type(exc).__mro__ if issubclass(c, BaseError)]
             status, headers = seen[-1] if seen else (None, None)
             error = ExchangeCallError(self.exchange, operation, names, _error_code(exc), str(exc))
-            if {"DDoSProtection", "RateLimitExceeded"} & set(names):
-                error.retry_after = retry_after(status, headers)
+            throttle = throttle_of(self.exchange, exc, status, headers)
+            if throttle is not None:
+                error.retry_after = throttle.seconds
                 await self.backoff.impose(
-                    error.retry_after,
-                    f"{status} {error.code}: {error.message[:200]}",
-                    ip=ip_wide(self.exchange.value, status, error.code),
+                    throttle.seconds, f"{status} {error.code}: {error.message[:200]}", ip=throttle.ip_wide
                 )
             if "InvalidNonce" in names:  # -1021 / 10002: our clock is off the venue's
                 await self.learn_clock()
@@ -536,13 +581,12 @@ class CcxtGateway:
             rows = [await self._call("read", self._ex.fapiPublicGetTickerPrice({"symbol": symbols[0]}))]
         else:
             rows = await self._call("read", self._ex.fapiPublicGetTickerPrice())
-        wanted = set(symbols)
-        prices: dict[str, Decimal] = {}
-        for row in rows if isinstance(rows, list) else []:
-            price = _dec(row.get("price")) if isinstance(row, dict) else None
-            if isinstance(row, dict) and row.get("symbol") in wanted and price is not None:
-                prices[str(row["symbol"])] = price
-        return {s: prices[s] for s in symbols if s in prices}
+        prices = {
+            str(row["symbol"]): _dec(row.get("price"))
+            for row in (rows if isinstance(rows, list) else [])
+            if isinstance(row, dict) and row.get("symbol") in symbols
+        }
+        return {s: price for s in symbols if (price := prices.get(s)) is not None}
 
     async def fetch_closing_trades(
         self, symbol: str, side: Side, since: datetime, quantity: Decimal | None = None

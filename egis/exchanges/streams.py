@@ -35,8 +35,7 @@ import ccxt.pro as ccxt_pro
 from ccxt.base.errors import BaseError
 
 from egis.exchanges.accounts import AccountConfig
-from egis.exchanges.backoff import DEFAULT_SECONDS
-from egis.exchanges.local import point_to_local
+from egis.exchanges.ccxt_gateway import Throttle, new_client, responses_seen, throttle_of
 from egis.models import Exchange, Side
 from egis.redact import redact, register
 
@@ -74,29 +73,12 @@ Event = PositionUpdate | OrderUpdate
 
 class StreamLost(Exception):
     """The stream ended (closed, expired key, silent, refused): the caller reconnects and gap-fills.
-    `throttled_for`: the venue throttled or banned the IP while connecting (seconds to stay away)."""
+    `throttle`: the venue throttled or banned the account or its IP while connecting (how long to
+    stay away, and whether every account of the venue must)."""
 
-    def __init__(self, message: str, throttled_for: float | None = None) -> None:
+    def __init__(self, message: str, throttle: Throttle | None = None) -> None:
         super().__init__(message)
-        self.throttled_for = throttled_for
-
-
-_BANNED_UNTIL = re.compile(r"banned until (\d{13})")
-
-
-def throttled_for(exc: BaseException, now_ms: float | None = None) -> float | None:
-    """Seconds to stay away after a throttling answer to the stream's REST calls (the listenKey,
-    the markets), or None. Binance's 418 says until when the IP is banned ("IP banned until
-    <ms>", Binance USD-M docs, General Info > LIMITS); otherwise the gateway's defaults."""
-    from ccxt.base.errors import DDoSProtection
-
-    if not isinstance(exc, DDoSProtection):  # RateLimitExceeded is one too
-        return None
-    match = _BANNED_UNTIL.search(str(exc))
-    now_ms = time.time() * 1000 if now_ms is None else now_ms
-    if match:
-        return max(1.0, (int(match.group(1)) - now_ms) / 1000)
-    return DEFAULT_SECONDS[418 if "418" in str(exc) else 429]
+        self.throttle = throttle
 
 
 def _dec(value: Any) -> Decimal:
@@ -198,20 +180,7 @@ class AccountStream:
         if exchange not in (Exchange.BINANCEUSDM, Exchange.BYBIT):
             raise ValueError(f"no private stream for {exchange}")
         self.exchange = exchange
-        params: dict[str, Any] = {
-            "apiKey": config.api_key.get_secret_value() if config.api_key else None,
-            "secret": config.secret.get_secret_value() if config.secret else None,
-            "enableRateLimit": config.base_url is None,
-            "timeout": config.timeout_ms,
-        }
-        cls = ccxt_pro.binanceusdm if exchange is Exchange.BINANCEUSDM else ccxt_pro.bybit
-        self._ex = cls(params)
-        if exchange is Exchange.BYBIT:
-            self._ex.options["fetchMarkets"] = {**self._ex.options.get("fetchMarkets", {}), "types": ["linear"]}
-        if config.base_url:
-            point_to_local(self._ex, config.base_url)
-        elif config.sandbox:
-            self._ex.set_sandbox_mode(True)
+        self._ex = new_client(ccxt_pro, exchange, config)  # the gateway's options, the streaming client
         # the positions snapshot hangs forever when its first REST call fails (ccxt.pro): off;
         # the caller diffs the account by REST after every (re)connect instead
         self._ex.options["watchPositions"] = {
@@ -246,12 +215,15 @@ class AccountStream:
 
     async def start(self, timeout: float = 20.0) -> None:
         """Connect, authenticate and subscribe; returns once the stream is up (or raises StreamLost)."""
-        try:
-            await asyncio.wait_for(self._start(), timeout)
-        except (BaseError, OSError, TimeoutError) as exc:
-            raise StreamLost(
-                scrub(f"could not connect: {type(exc).__name__}: {str(exc)[:300]}"), throttled_for(exc)
-            ) from None
+        with responses_seen() as seen:
+            try:
+                await asyncio.wait_for(self._start(), timeout)
+            except (BaseError, OSError, TimeoutError) as exc:
+                status, headers = seen[-1] if seen else (None, None)
+                raise StreamLost(
+                    scrub(f"could not connect: {type(exc).__name__}: {str(exc)[:300]}"),
+                    throttle_of(self.exchange, exc, status, headers),
+                ) from None
 
     async def _start(self) -> None:
         await self._ex.load_markets()
