@@ -69,6 +69,12 @@ MAX_RETELLS = 12
 """Then the stream stops telling that position (logged); the REST sync still covers it."""
 
 
+def remember(reported: list[int], position_id: int, keep: int = REPORTED_KEPT) -> list[int]:
+    """The positions the stream reported, for the REST sync's "did the stream miss it?" check:
+    each once, the latest last (a re-tell moves it to the end), at most `keep`."""
+    return [*(pid for pid in reported if pid != position_id), position_id][-keep:]
+
+
 @dataclass
 class _Run:
     """What one activity run has seen (for its report, the status row and de-duplication)."""
@@ -279,15 +285,17 @@ class StreamActivities:
         except EgisError as exc:
             log.warning("stream fill of %s not recorded: %s", event.client_order_id, exc)
 
-    async def _tell(self, run: _Run, position: OurPosition, hint: SyncHint) -> None:
+    async def _tell(self, run: _Run, position: OurPosition, hint: SyncHint) -> bool:
+        """Signal the hint to the position's workflow, once per (position, hint); False when it was
+        already told (or the position has no workflow)."""
         key = hint.kind if hint.observed_quantity is None else f"{hint.kind}:{hint.observed_quantity}"
         if run.told.get(position.position_id) == key or position.workflow_id is None:
-            return
+            return False
         run.told[position.position_id] = key
         run.told_at[position.position_id] = time.monotonic()
         if hint.kind == "ghost" and position.position_id not in run.unconfirmed:
             run.unconfirmed[position.position_id] = (position, hint, 0)
-        run.reported = [*run.reported[-(REPORTED_KEPT - 1) :], position.position_id]
+        run.reported = remember(run.reported, position.position_id)
         await self._write_status(run, connected=True)  # before the signal: the sync must see it reported
         assert self.deps.temporal is not None, "the stream activity needs a Temporal client"
         try:
@@ -295,6 +303,7 @@ class StreamActivities:
         except Exception as exc:
             log.info("could not signal %s: %s", position.workflow_id, exc)
         log.info("%s/%s: stream -> %s %s", run.exchange, run.account, position.workflow_id, key)
+        return True
 
     # ------------------------------------------------------------ the REST safety net
     async def _gap_fill(self, run: _Run, why: str) -> None:
@@ -315,14 +324,12 @@ class StreamActivities:
             datetime.now(UTC),
             self.deps.settings.sync_grace_seconds,
         )
-        told_before = len(run.reported)
+        found = 0
         for ghost in findings.ghosts:
-            await self._tell(run, ghost, SyncHint(kind="ghost"))
+            found += await self._tell(run, ghost, SyncHint(kind="ghost"))
         for drift in findings.drifts:
-            await self._tell(
-                run, drift.position, SyncHint(kind="quantity_drift", observed_quantity=drift.exchange_quantity)
-            )
-        found = len(run.reported) - told_before
+            hint = SyncHint(kind="quantity_drift", observed_quantity=drift.exchange_quantity)
+            found += await self._tell(run, drift.position, hint)
         if found:
             run.gap_fill_findings += found
             metrics.STREAM_GAP_FILL_FINDINGS.labels(run.exchange.value, run.account).inc(found)

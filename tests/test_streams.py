@@ -131,6 +131,17 @@ async def test_a_throttled_binance_connect_says_how_long_to_stay_away(
     assert throttle is not None and throttle.seconds >= 1 and throttle.ip_wide  # Binance's weight is the IP's
 
 
+def test_the_reported_positions_are_each_kept_once_and_bounded() -> None:
+    from activities.streams import remember
+
+    reported: list[int] = []
+    for pid in (1, 2, 1, 3):  # 1 was told again (a re-tell): once, moved to the end
+        reported = remember(reported, pid, keep=3)
+    assert reported == [2, 1, 3]
+    assert remember(reported, 4, keep=3) == [1, 3, 4]  # the oldest goes
+    assert remember(reported, 3, keep=3) == [2, 1, 3]
+
+
 def test_a_throttling_answer_says_how_long_and_whose() -> None:
     """One rule for the gateway's calls and the stream's connects (`throttle_of`): how long (the
     venue's headers, or Binance's "banned until"), and whether the limit is the IP's."""
