@@ -1,20 +1,22 @@
 """What every activity module shares: turning our errors into Temporal failures, reaching an
-account's gateway, and heartbeating."""
+account's gateway, comparing an account with the database, and heartbeating."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import Deps
+from egis.db import maintenance as mdb
 from egis.errors import EgisError
 from egis.exchanges.base import ExchangeCallError, Gateway
 from egis.models import ErrorClass, Exchange
+from egis.rules.sync import SyncFindings, TheirPosition, diff_account
 
 MAX_RETRY_DELAY_S = 30.0
 
@@ -57,6 +59,24 @@ async def gateway_for(deps: Deps, exchange: Exchange, account: str) -> Gateway:
         return await deps.gateways.get(exchange, account)
     except EgisError as exc:
         raise typed_failure(exc) from None
+
+
+async def compare_account(deps: Deps, exchange: Exchange, account: str) -> SyncFindings:
+    """ONE positions request for the account, compared with our positions there (the exchange-sync
+    rule, `egis.rules.sync.diff_account`): the REST sync's and the stream's gap-fill's read. A
+    failed read raises ExchangeCallError; nothing is compared."""
+    gateway = await gateway_for(deps, exchange, account)
+    theirs = await gateway.fetch_positions()
+    async with deps.engine.connect() as conn:
+        ours = await mdb.account_positions(conn, exchange.value, account)
+    steps = {p.symbol: (await gateway.market(p.symbol)).amount_step for p in ours}
+    return diff_account(
+        ours,
+        [TheirPosition(p.symbol, p.side.value, p.quantity) for p in theirs],
+        steps,
+        datetime.now(UTC),
+        deps.settings.sync_grace_seconds,
+    )
 
 
 @contextlib.asynccontextmanager

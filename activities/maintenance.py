@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.common import gateway_for, read_failure
+from activities.common import compare_account, gateway_for, read_failure
 from activities.deps import Deps
 from egis import metrics
 from egis.db import maintenance as mdb
@@ -33,7 +33,6 @@ from egis.models import (
     SyncReport,
 )
 from egis.rules import phantom, reconcile
-from egis.rules.sync import TheirPosition, diff_account
 
 log = logging.getLogger("egis.maintenance")
 
@@ -45,21 +44,10 @@ class MaintenanceActivities:
     @activity.defn(name="sync_account")
     async def sync_account(self, request: SyncInput) -> SyncReport:
         """Compare the account's open positions with ours: ONE positions request per account."""
-        gateway = await gateway_for(self.deps, request.exchange, request.account)
         try:
-            theirs = await gateway.fetch_positions()
+            findings = await compare_account(self.deps, request.exchange, request.account)
         except ExchangeCallError as exc:
             raise read_failure(exc) from None
-        async with self.deps.engine.connect() as conn:
-            ours = await mdb.account_positions(conn, request.exchange.value, request.account)
-        steps = {p.symbol: (await gateway.market(p.symbol)).amount_step for p in ours}
-        findings = diff_account(
-            ours,
-            [TheirPosition(p.symbol, p.side.value, p.quantity) for p in theirs],
-            steps,
-            datetime.now(UTC),
-            self.deps.settings.sync_grace_seconds,
-        )
         report = SyncReport(
             run_id=0,
             exchange=request.exchange,

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from temporalio import activity
 
-from activities.common import gateway_for
+from activities.common import compare_account, gateway_for
 from activities.deps import Deps
 from egis import metrics
 from egis.db import maintenance as mdb
@@ -44,7 +44,7 @@ from egis.exchanges.registry import venue_of
 from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
 from egis.models import AccountInput, Exchange, StreamRunReport, SyncHint
 from egis.rules.sizing import quantities_differ
-from egis.rules.sync import OurPosition, TheirPosition, diff_account
+from egis.rules.sync import OurPosition
 
 log = logging.getLogger("egis.streams")
 
@@ -308,22 +308,11 @@ class StreamActivities:
     # ------------------------------------------------------------ the REST safety net
     async def _gap_fill(self, run: _Run, why: str) -> None:
         """ONE positions request, diffed against the database (the exchange-sync rule)."""
-        gateway = await gateway_for(self.deps, run.exchange, run.account)
         try:
-            theirs = await gateway.fetch_positions()
+            findings = await compare_account(self.deps, run.exchange, run.account)
         except ExchangeCallError as exc:
             log.warning("%s/%s: gap-fill read failed (%s): the REST sync will cover", run.exchange, run.account, exc)
             return
-        async with self.deps.engine.connect() as conn:
-            ours = await mdb.account_positions(conn, run.exchange.value, run.account)
-        steps = {p.symbol: (await gateway.market(p.symbol)).amount_step for p in ours}
-        findings = diff_account(
-            ours,
-            [TheirPosition(p.symbol, p.side.value, p.quantity) for p in theirs],
-            steps,
-            datetime.now(UTC),
-            self.deps.settings.sync_grace_seconds,
-        )
         found = 0
         for ghost in findings.ghosts:
             found += await self._tell(run, ghost, SyncHint(kind="ghost"))

@@ -30,22 +30,27 @@ from decimal import Decimal
 from typing import Any
 
 import psutil
-from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType
 
 from bench.config import Sizes
-from bench.env import BOT_BUDGET, UNTHROTTLED, Account, BenchEnv, BenchError, served_queues, wait_for_pollers
+from bench.env import (
+    BOT_BUDGET,
+    UNTHROTTLED,
+    Account,
+    BenchEnv,
+    BenchError,
+    Slot,
+    served_queues,
+    wait_for_pollers,
+)
 from bench.report import Row, SectionResult
 from bench.stats import percentile, summary
-from egis.db.schema import positions
 from egis.exchanges.accounts import AccountConfig, PriceSource, write_account
 from egis.models import (
     AgedPolicy,
     BotSpec,
     CloseRequest,
     Exchange,
-    OpenPositionInput,
-    Side,
     watcher_workflow_id,
 )
 from egis.simulator.control import SimulatorControl
@@ -55,7 +60,6 @@ from workflows.position import PositionWorkflow
 
 NAME = "10 scale"
 USD = Decimal(20)  # above every synthetic market's minimum order value (5)
-START_CONCURRENCY = 100
 QUERY_CONCURRENCY = 100
 
 
@@ -180,7 +184,7 @@ class _Scale:
         ids: list[str] = []
         for first in range(0, len(symbols), AGED_CHUNK):
             chunk = symbols[first : first + AGED_CHUNK]
-            ids += await self._open("aged", chunk, tag)
+            ids += await self._open("aged", chunk, f"{tag}{first}")  # a ref per chunk: <tag><first>-<i>
             for symbol in chunk:
                 await self.control.set_price(symbol, self.prices[symbol] * Decimal("0.9"))
             self.aged_opened = time.monotonic()
@@ -192,36 +196,10 @@ class _Scale:
         await asyncio.sleep(max(0.0, self.aged_opened + self.sizes.scale_aged_after_s - time.monotonic()) + ticks)
 
     async def _open(self, name: str, symbols: list[str], tag: str) -> list[str]:
-        """Open a long in each symbol on the account (started at START_CONCURRENCY at a time),
-        wait until all are open; returns their workflow ids."""
-        account = self.accounts[name]
-        gate = asyncio.Semaphore(START_CONCURRENCY)
-
-        async def start(symbol: str) -> str:
-            request = OpenPositionInput(bot=account.ref, symbol=symbol, side=Side.LONG, usd=USD, ref=f"{tag}-{symbol}")
-            async with gate:
-                return (await self.env.client.open_position(request, wait=None)).workflow_id
-
-        ids = await asyncio.gather(*(start(s) for s in symbols))
-        deadline = time.monotonic() + 60 + len(ids)  # a second per position is far more than enough
-        prefix = f"pos-{account.ref}-{tag}-"
-        while True:
-            async with self.env.client.engine.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        select(positions.c.status, func.count())
-                        .where(positions.c.workflow_id.like(f"{prefix}%"))
-                        .group_by(positions.c.status)
-                    )
-                ).all()
-            counts = {status: n for status, n in rows}
-            if counts.get("open", 0) == len(ids):
-                return ids
-            if set(counts) - {"open", "opening"}:
-                raise BenchError(f"section 10: opens on {account.ref} ended {counts}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"section 10: only {counts.get('open', 0)} of {len(ids)} opened on {account.ref}")
-            await asyncio.sleep(2)
+        """Open a long in each symbol on the account, wait until all are open; their workflow ids."""
+        slots = [Slot(self.accounts[name], symbol) for symbol in symbols]
+        opened = await self.env.open_positions(slots, tag, timeout=60 + len(slots), usd=USD)
+        return [o.workflow_id for o in opened]
 
     # ------------------------------------------------------------ measurements
     def _rss(self) -> dict[str, float]:
