@@ -200,12 +200,22 @@ class EgisClient:
                 raise TimeoutError
             return timedelta(seconds=left)
 
-        update = await self.require_temporal().start_update_with_start_workflow(
-            PositionWorkflow.opened,
-            start_workflow_operation=WithStartWorkflowOperation(PositionWorkflow.run, arg, **options),
-            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            rpc_timeout=remaining(),
-        )
+        start = WithStartWorkflowOperation(PositionWorkflow.run, arg, **options)
+        try:
+            update = await self.require_temporal().start_update_with_start_workflow(
+                PositionWorkflow.opened,
+                start_workflow_operation=start,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=remaining(),
+            )
+        except BaseException:
+            # the SDK also puts the failure on the operation's handle future, which nobody reads:
+            # read it, or asyncio prints "Future exception was never retrieved" with a traceback
+            # after the typed refusal (e.g. `egis open` with a ref already used)
+            handle = getattr(start, "_workflow_handle", None)
+            if isinstance(handle, asyncio.Future) and handle.done() and not handle.cancelled():
+                handle.exception()
+            raise
         while True:
             try:
                 return await update.result(rpc_timeout=remaining())

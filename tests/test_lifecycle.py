@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -120,12 +122,17 @@ async def test_seed_000_closing_a_long_never_leaves_a_short(h: Harness, sim_cont
     assert await sim_control.positions(SIM_KEYS["binanceusdm"][0]) == []  # no short on the exchange either
 
 
-async def test_duplicate_start_with_the_same_reference_is_refused_and_creates_nothing(h: Harness) -> None:
+async def test_duplicate_start_with_the_same_reference_is_refused_and_creates_nothing(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     bot = await h.bot(Exchange.PAPER)
     request = OpenPositionInput(bot=bot, symbol="BTCUSDT", side="long", usd=D("120"), ref="same-ref")
     await h.client.open_position(request)
-    with pytest.raises(PositionAlreadyOpen, match="already started"):
-        await h.client.open_position(request)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(PositionAlreadyOpen, match="already started"):
+            await h.client.open_position(request)
+        gc.collect()  # an unread failed future says so when it is collected
+    assert "never retrieved" not in caplog.text  # the refusal alone, no traceback after it
     assert len(await db_positions(h)) == 1
 
 
