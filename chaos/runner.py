@@ -422,6 +422,7 @@ class Chaos:
             logger.warning("chaos fault: %s", event)
             await getattr(self, event)()
             logger.warning("chaos fault: %s done in %.1f s", event, time.monotonic() - began)
+            self.progressed = time.monotonic()  # the monkey's faults go on after a fast load: progress too
 
     async def worker_kill(self) -> None:
         victim = self.victims.randrange(self.stack.worker_count)
