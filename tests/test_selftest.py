@@ -40,6 +40,18 @@ from tests.conftest import ACCOUNTS, SIM_KEYS
 D = Decimal
 BN, BY = Exchange.BINANCEUSDM, Exchange.BYBIT
 FAITHFUL = [(BN, "BTCUSDT"), (BY, "DOGEUSDT")]
+TRADING_SENDS_ORDERS = {
+    "open_readback",
+    "market_answer",
+    "lookup_after_fill",
+    "reuse_filled_id",
+    "reduce_only_larger",
+    "reduce_only_flat",
+    "min_refusal",
+    "reduce_only_min_exempt",
+    "trade_history",
+}
+"""The checks that place orders (written out here, not read from the product: the test states it)."""
 """Bybit's BTCUSDT minimum size (0.001 = 60 USDT) is worth more than its minimum notional (5), so no
 order there can be below the minimum: the two minimum rows are checked on a cheaper market."""
 
@@ -203,17 +215,7 @@ async def test_a_hedge_mode_account_is_reported_and_not_traded(
     assert "Egis refuses opens on a hedge-mode account" in by_check["position_mode"].egis_does
     assert "hedge mode" in by_check["position_mode"].answer
     trading = {c: r for c, r in by_check.items() if r.verdict == UNCHECKED}
-    assert set(trading) == {
-        "open_readback",
-        "market_answer",
-        "lookup_after_fill",
-        "reuse_filled_id",
-        "reduce_only_larger",
-        "reduce_only_flat",
-        "min_refusal",
-        "reduce_only_min_exempt",
-        "trade_history",
-    }
+    assert set(trading) == TRADING_SENDS_ORDERS
     assert all("switch it to one-way" in r.answer for r in trading.values())
     assert await sim_control.orders(SIM_KEYS[exchange.value][0]) == []  # not one order
     assert by_check["flat_read"].verdict == HOLDS and by_check["left_flat"].verdict == HOLDS
@@ -226,17 +228,9 @@ async def test_nothing_is_traded_when_the_position_mode_cannot_be_read(
     report = await selftest(engine, accounts_dir, BN)
     by_check = rows(report)
     assert by_check["position_mode"].verdict == UNCHECKED and "502" in by_check["position_mode"].answer
-    assert {c for c, r in by_check.items() if r.answer == "the position mode could not be read: no order was sent"} == {
-        "open_readback",
-        "market_answer",
-        "lookup_after_fill",
-        "reuse_filled_id",
-        "reduce_only_larger",
-        "reduce_only_flat",
-        "min_refusal",
-        "reduce_only_min_exempt",
-        "trade_history",
-    }
+    assert {c for c, r in by_check.items() if r.answer == "the position mode could not be read: no order was sent"} == (
+        TRADING_SENDS_ORDERS
+    )
     assert await sim_control.orders(SIM_KEYS["binanceusdm"][0]) == []
     assert by_check["clock"].verdict == HOLDS and report.flat
 
