@@ -210,6 +210,27 @@ async def test_close_failed_reopens_the_position_and_retires_the_unsent_close_or
     assert audit.before["status"] == "closing" and audit.after["status"] == "open"
 
 
+async def test_binance_reads_one_symbols_position_without_the_whole_account(
+    deps: Deps, sim_control: SimulatorControl
+) -> None:
+    """The check before an open (and a close's verify) asks Binance for the one symbol: ccxt's
+    fetch_positions asks for every position of the account and parses each, a cost that grew with
+    the account (2,000 positions: 15 opens a minute). The account-wide read still reads them all."""
+    gateway = await deps.gateways.get(Exchange.BINANCEUSDM, ACCOUNTS["binanceusdm"])
+    await gateway.create_order(OrderRequest(Intent.OPEN, "ETHUSDT", OrderSide.BUY, D("0.5"), False, "sym-eth"))
+    await gateway.create_order(OrderRequest(Intent.OPEN, "BTCUSDT", OrderSide.SELL, D("0.01"), False, "sym-btc"))
+    before = len(await sim_control.requests())
+    held = await gateway.fetch_symbol_positions("ETHUSDT")
+    assert [(p.symbol, p.side, p.quantity) for p in held] == [("ETHUSDT", Side.LONG, D("0.5"))]
+    everything = await gateway.fetch_positions()
+    assert sorted((p.symbol, p.side, p.quantity) for p in everything) == [
+        ("BTCUSDT", Side.SHORT, D("0.01")),
+        ("ETHUSDT", Side.LONG, D("0.5")),
+    ]
+    reads = [(r["path"], r["query"].get("symbol")) for r in (await sim_control.requests())[before:]]
+    assert reads == [("/fapi/v3/positionRisk", "ETHUSDT"), ("/fapi/v3/positionRisk", None)]
+
+
 async def test_binance_prices_cost_one_or_two_weight_not_forty(deps: Deps, sim_control: SimulatorControl) -> None:
     """ccxt's fetch_tickers reads Binance's 24 h ticker of every symbol (weight 40) even for one; the
     price watch ticks every few seconds on every account of one IP, so the gateway reads the symbol

@@ -92,7 +92,8 @@ async def test_binance_open_position_parses_decimals(venue_gateway, recorded: Fi
     )
     assert await gateway.fetch_position(BTC, Side.SHORT) is None
     assert await gateway.fetch_positions() == [ExchangePosition(BTC, Side.LONG, D("0.009"), D("67445.9"), D("67582.2"))]
-    assert "symbol" not in recorded.requests("GET", BN_POSITIONS)[0].params  # ccxt filters the rows itself
+    asked = [r.params.get("symbol") for r in recorded.requests("GET", BN_POSITIONS)]
+    assert asked == ["BTCUSDT", "BTCUSDT", None]  # a symbol's read asks for it alone; the account's for all
 
 
 @pytest.mark.parametrize("fixture", ["binanceusdm/position_risk_flat", "binanceusdm/position_risk_flat_row"])
