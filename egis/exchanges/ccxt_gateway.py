@@ -574,31 +574,26 @@ class CcxtGateway:
 
     # ------------------------------------------------------------ prices, trades, balance
     async def fetch_tickers(self, symbols: Sequence[str]) -> dict[str, Decimal]:
-        """Last prices for many symbols in ONE request."""
-        ccxt_symbols = [await self._ccxt_symbol(s) for s in symbols]
+        """Last prices for many symbols in ONE request (the symbol's alone when one is asked).
+        Not ccxt's fetch_tickers on either venue: it reads and parses the ticker of EVERY symbol
+        even when asked for one. Binance: the "Symbol Price Ticker" (`GET /fapi/v1/ticker/price`:
+        weight 1 for one symbol, 2 for all), not the 24 h statistics of every symbol (`ticker/24hr`
+        without a symbol: weight 40; USD-M docs, Market Data endpoints), a weight the IP shares with
+        every account (a price-watch tick every 5 s on three accounts spent 1,440 of the 2,400 a
+        minute on it). Bybit: `GET /v5/market/tickers?category=linear[&symbol=]` (docs/v5/market/
+        tickers.mdx), `lastPrice`; ccxt's parsing of every linear ticker took 40 % of the worker's
+        CPU at 2,000 listed symbols (each open reads its symbol's price)."""
+        for symbol in symbols:
+            await self._ccxt_symbol(symbol)  # an unknown symbol is refused before anything is sent
+        one = {"symbol": symbols[0]} if len(symbols) == 1 else {}
         if self._binance:
-            return await self._binance_prices(symbols)
-        tickers = await self._call("read", self._ex.fetch_tickers(ccxt_symbols))
-        by_id = {v: k for k, v in self._symbols.items()}
-        prices: dict[str, Decimal] = {}
-        for ccxt_symbol, ticker in tickers.items():
-            price = _dec(ticker["info"].get("lastPrice"))
-            if ccxt_symbol in by_id and price is not None:
-                prices[by_id[ccxt_symbol]] = price
-        return {s: prices[s] for s in symbols if s in prices}
-
-    async def _binance_prices(self, symbols: Sequence[str]) -> dict[str, Decimal]:
-        """Binance's "Symbol Price Ticker" (`GET /fapi/v1/ticker/price`: weight 1 for one symbol, 2 for
-        all), not ccxt's `fetch_tickers`, which reads the 24 h statistics of EVERY symbol (`ticker/24hr`
-        without a symbol: weight 40) even when asked for one (USD-M docs, Market Data endpoints). The
-        weight is the IP's, shared by every account: a price-watch tick every 5 s on three accounts
-        spent 1,440 of the 2,400 a minute on it, and the 429 that follows stops every account."""
-        if len(symbols) == 1:
-            rows = [await self._call("read", self._ex.fapiPublicGetTickerPrice({"symbol": symbols[0]}))]
+            answer = await self._call("read", self._ex.fapiPublicGetTickerPrice(one))
+            rows, field = ([answer] if one else answer), "price"
         else:
-            rows = await self._call("read", self._ex.fapiPublicGetTickerPrice())
+            answer = await self._call("read", self._ex.publicGetV5MarketTickers({"category": "linear"} | one))
+            rows, field = ((answer.get("result") or {}).get("list") if isinstance(answer, dict) else None), "lastPrice"
         prices = {
-            str(row["symbol"]): _dec(row.get("price"))
+            str(row["symbol"]): _dec(row.get(field))
             for row in (rows if isinstance(rows, list) else [])
             if isinstance(row, dict) and row.get("symbol") in symbols
         }
