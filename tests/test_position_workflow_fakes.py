@@ -34,6 +34,8 @@ from egis.models import (
     CloseRequest,
     CloseResult,
     Exchange,
+    ObserveInput,
+    ObserveResult,
     OpenInput,
     OpenPlan,
     OpenPositionInput,
@@ -45,6 +47,7 @@ from egis.models import (
     PositionWorkflowInput,
     ReservedPosition,
     ReserveInput,
+    SyncHint,
     account_task_queue,
 )
 from workflows.position import PositionWorkflow
@@ -60,6 +63,9 @@ class Fakes:
     close_calls: list[CloseInput] = field(default_factory=list)
     failed_calls: list[CloseFailedInput] = field(default_factory=list)
     close_started: asyncio.Event = field(default_factory=asyncio.Event)
+    open_gate: asyncio.Event | None = None  # when set to an unset event, the open waits for it
+    open_started: asyncio.Event = field(default_factory=asyncio.Event)
+    observed: list[ObserveInput] = field(default_factory=list)
 
     def activities(self) -> tuple[list, list]:  # type: ignore[type-arg]
         @activity.defn(name="plan_open")
@@ -83,6 +89,9 @@ class Fakes:
 
         @activity.defn(name="open_position")
         async def open_position(request: OpenInput) -> OrderOutcome:  # the open in one activity (patch LEAN)
+            self.open_started.set()
+            if self.open_gate is not None:
+                await self.open_gate.wait()
             return OrderOutcome(
                 order_id=70,
                 client_order_id="egu7o1",
@@ -106,6 +115,11 @@ class Fakes:
             assert isinstance(answer, CloseResult)
             return answer
 
+        @activity.defn(name="observe_position")
+        async def observe_position(request: ObserveInput) -> ObserveResult:
+            self.observed.append(request)
+            return ObserveResult(status=PositionStatus.OPEN, changed="none")
+
         @activity.defn(name="close_failed")
         async def close_failed(request: CloseFailedInput) -> CloseResult:
             self.failed_calls.append(request)
@@ -116,7 +130,13 @@ class Fakes:
                 error_message=request.error,
             )
 
-        return [reserve_position, close_failed], [plan_open, place_open_order, open_position, close_position]
+        return [reserve_position, close_failed], [
+            plan_open,
+            place_open_order,
+            open_position,
+            close_position,
+            observe_position,
+        ]
 
 
 def still_closing() -> CloseResult:
@@ -193,3 +213,34 @@ async def test_the_update_validator_refuses_what_the_position_cannot_do(fakes) -
     release.set()
     assert (await first.result()).status is PositionStatus.CLOSED
     assert len(scripted.close_calls) == 1  # the refused second request never started another close
+
+
+async def test_a_ghost_hint_while_the_open_settles_is_followed_once_open(fakes, ts_env) -> None:  # type: ignore[no-untyped-def]
+    """The stream tells a ghost as soon as the database holds the position open; the workflow may
+    still be settling its open then. The hint is kept and followed once open (it was dropped)."""
+    scripted, first = fakes
+    scripted.open_gate = asyncio.Event()
+    scripted.open_started.clear()
+    queue = first.id.removeprefix("pos-alpha-")
+    context = BotContext(bot="alpha", exchange=Exchange.BYBIT, account="acct")
+    request = OpenPositionInput(bot="alpha", symbol="BTCUSDT", side="long", usd=D(120), ref="r2")
+    handle = await ts_env.client.start_workflow(
+        PositionWorkflow.run,
+        PositionWorkflowInput(request=request, bot_context=context),
+        id=f"pos-alpha-r2-{queue}",
+        task_queue=queue,
+    )
+    try:
+        await asyncio.wait_for(scripted.open_started.wait(), 30)  # the open is under way
+        await handle.signal(PositionWorkflow.sync_hint, SyncHint(kind="ghost"))
+        assert (await handle.query(PositionWorkflow.state)).status == "opening"
+        scripted.open_gate.set()
+        for _ in range(300):
+            if scripted.observed:
+                break
+            await asyncio.sleep(0.1)
+        assert [o.hint.kind for o in scripted.observed] == ["ghost"]
+        assert (await handle.query(PositionWorkflow.state)).status == "open"
+    finally:
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test over")

@@ -81,6 +81,8 @@ LEAN = "lean-lifecycle"
 """Patch: the open in one activity, no search-attribute upsert for the passing `closing` status,
 the memo written once the position is final (the UI's current details carry the live state).
 Runs recorded before it replay the old path."""
+HINT_WHILE_OPENING = "hint-while-opening"
+"""Patch: a sync hint that arrives while the open settles is kept (it was dropped)."""
 CLOSE_FIRST = Priority(priority_key=1)
 """A close goes ahead of everything else waiting on its rate-limited account queue (plans, syncs,
 aged checks: the default 3); an open (2) ahead of the maintenance reads. Lower runs first."""
@@ -209,7 +211,15 @@ class PositionWorkflow:
     )
     def sync_hint(self, hint: SyncHint) -> None:
         """From the exchange-sync job: the exchange disagrees with us; re-read and record."""
-        if _is(hint, SyncHint, "sync_hint") and self._s.status == PositionStatus.OPEN:
+        if not _is(hint, SyncHint, "sync_hint"):
+            return
+        # A hint can only be about a position the database holds open, so one that arrives while
+        # this workflow still settles its open (the row open, the open activity's answer not yet
+        # processed) is kept and followed once open (the observe re-reads the exchange); it was
+        # dropped, and the stream's ghost waited for a re-tell 5 s later.
+        if self._s.status == PositionStatus.OPEN or (
+            self._s.status == PositionStatus.OPENING and workflow.patched(HINT_WHILE_OPENING)
+        ):
             self._s.pending_hint = hint
 
     @workflow.signal(
