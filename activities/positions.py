@@ -157,26 +157,32 @@ class PositionActivities:
         order, which is looked up before any resend."""
         async with heartbeating():
             existing = await self.deps.store.reservation_of(request.workflow_id)
-            if existing is None:
-                plan = await self.plan_open(
-                    PlanOpenInput(
-                        exchange=request.exchange, account=request.account, symbol=request.symbol, usd=request.usd
-                    )
+            if existing is not None:  # a retry: the order is looked up before any resend
+                outcome = await self._place(existing.order_id)
+                return outcome.model_copy(update={"position_id": existing.position_id})
+            plan = await self.plan_open(
+                PlanOpenInput(
+                    exchange=request.exchange, account=request.account, symbol=request.symbol, usd=request.usd
                 )
-                existing = await self.reserve_position(
-                    ReserveInput(
-                        workflow_id=request.workflow_id,
-                        bot=request.bot,
-                        symbol=request.symbol,
-                        side=request.side,
-                        usd=request.usd,
-                        quantity=plan.quantity,
-                        exchange=request.exchange,
-                        account=request.account,
-                    )
-                )
-            outcome = await self._place(existing.order_id)
-        return outcome.model_copy(update={"position_id": existing.position_id})
+            )
+            gateway = await self._gateway(request.exchange, request.account)
+            sending = await self._may_send(gateway, request.symbol, plan.quantity, reduce_only=False)
+            reserve = ReserveInput(
+                workflow_id=request.workflow_id,
+                bot=request.bot,
+                symbol=request.symbol,
+                side=request.side,
+                usd=request.usd,
+                quantity=plan.quantity,
+                exchange=request.exchange,
+                account=request.account,
+            )
+            try:
+                written = await self.deps.store.reserve_returning(reserve, actor=_actor(), sending=sending)
+            except EgisError as exc:
+                raise typed_failure(exc) from None
+            outcome = await self._send_open(gateway, written.order, written.position, counted=written.counted)
+        return outcome.model_copy(update={"position_id": written.position["id"]})
 
     @activity.defn(name="abandon_open_for")
     async def abandon_open_for(self, workflow_id: str) -> OrderOutcome | None:
@@ -199,10 +205,27 @@ class PositionActivities:
         order = await self.deps.store.get_order_row(order_id)
         position = await self.deps.store.get_position(order["position_id"])
         gateway = await self._gateway(Exchange(order["exchange"]), order["account"])
-        submitted = await self._submit(gateway, order, position)
+        return await self._send_open(gateway, order, position)
+
+    async def _send_open(
+        self, gateway: Gateway, order: dict[str, Any], position: dict[str, Any], *, counted: bool = False
+    ) -> OrderOutcome:
+        submitted = await self._submit(gateway, order, position, counted=counted)
         if isinstance(submitted, OrderOutcome):
             return submitted
         return await self._fail_open(order, submitted.message, submitted)
+
+    async def _may_send(self, gateway: Gateway, symbol: str, quantity: Decimal, *, reduce_only: bool) -> bool:
+        """The checks `_submit` makes before it counts a send (the market takes the quantity; the
+        account is not backing off), made before the write that creates the order, so that write
+        can count its first send (one transaction less). False: the order is written uncounted and
+        `_submit` makes the same checks again, refusing or waiting as it always did."""
+        try:
+            validate_quantity(quantity, await gateway.market(symbol), reduce_only=reduce_only)
+            await gateway.check_backoff()
+        except (EgisError, ExchangeCallError):
+            return False
+        return True
 
     @activity.defn(name="abandon_open")
     async def abandon_open(self, request: PlaceOrderInput) -> OrderOutcome:
@@ -272,12 +295,17 @@ class PositionActivities:
         position: dict[str, Any],
         exit_reason: str | None = None,
         trace: Trace | None = None,
+        *,
+        counted: bool = False,
     ) -> OrderOutcome | Refusal:
         """Send (or find) the order and record its fill. Returns the outcome, or the Refusal
         for a PERMANENT one (the exchange's, or ours before sending). Raises a retryable
-        ApplicationError for TRANSIENT trouble."""
+        ApplicationError for TRANSIENT trouble. `counted`: the write that created the order just
+        counted this first send, after `_may_send`'s checks: it goes out now."""
         intent = Intent(order["intent"])
         exchange = Exchange(order["exchange"])
+        if counted:
+            return await self._send(gateway, order, position, exit_reason, trace)
         if order["status"] in (OrderStatus.FILLED.value, OrderStatus.PARTIALLY_FILLED.value):
             return _outcome_from_rows(order, position)
         if order["submissions"] > 0:  # it may have reached the exchange before: never resend blind
@@ -293,6 +321,29 @@ class PositionActivities:
             if step is Step.REFUSED:
                 assert found is not None
                 return Refusal("ended_unfilled", f"the exchange ended order {order['client_order_id']} unfilled")
+        try:  # checked before the send is counted: a local refusal sends nothing
+            rules = await gateway.market(order["symbol"])
+            validate_quantity(order["quantity"], rules, reduce_only=order["reduce_only"])
+            await gateway.check_backoff()  # throttled or banned: nothing goes out, nothing is counted
+        except ExchangeCallError as exc:
+            raise read_failure(exc) from None
+        except EgisError as exc:
+            metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, "invalid").inc()
+            return Refusal(exc.code, f"refused before sending: {exc.message}")
+        await self.deps.store.note_submission(order["id"])
+        order["submissions"] += 1
+        return await self._send(gateway, order, position, exit_reason, trace)
+
+    async def _send(
+        self,
+        gateway: Gateway,
+        order: dict[str, Any],
+        position: dict[str, Any],
+        exit_reason: str | None,
+        trace: Trace | None,
+    ) -> OrderOutcome | Refusal:
+        """One counted send of the order, then its answer recorded (or classified)."""
+        intent, exchange = Intent(order["intent"]), Exchange(order["exchange"])
         request = OrderRequest(
             intent=intent,
             symbol=order["symbol"],
@@ -302,17 +353,6 @@ class PositionActivities:
             client_order_id=order["client_order_id"],
             position_id=position["id"],
         )
-        try:  # checked before the send is counted: a local refusal sends nothing
-            rules = await gateway.market(request.symbol)
-            validate_quantity(request.quantity, rules, reduce_only=request.reduce_only)
-            await gateway.check_backoff()  # throttled or banned: nothing goes out, nothing is counted
-        except ExchangeCallError as exc:
-            raise read_failure(exc) from None
-        except EgisError as exc:
-            metrics.ORDERS_SUBMITTED.labels(intent.value, exchange.value, "invalid").inc()
-            return Refusal(exc.code, f"refused before sending: {exc.message}")
-        await self.deps.store.note_submission(order["id"])
-        order["submissions"] += 1
         try:
             report = await gateway.create_order(
                 request, record=lambda conn, rep: self._record_on(conn, order, rep, exit_reason, trace)
@@ -416,8 +456,10 @@ class PositionActivities:
             return result.model_copy(update={"orders_sent": sent_before})
 
         # 3. adjust (if the exchange holds another quantity) and write the reduce-only CLOSE order
+        #    (its first send counted in the same transaction when nothing stands in its way)
+        sending = await self._may_send(gateway, position["symbol"], decision.quantity, reduce_only=True)
         async with self.deps.engine.begin() as conn:
-            position, order = await db.begin_close_returning(
+            written = await db.begin_close_returning(
                 conn,
                 position["id"],
                 request.attempt,
@@ -426,12 +468,16 @@ class PositionActivities:
                 reason=request.reason,
                 adjust_to=decision.quantity if decision.step is CloseStep.ADJUST_THEN_CLOSE else None,
                 adjust_reason=decision.why,
+                sending=sending,
             )
+        position, order = written.position, written.order
 
         # 4. send (idempotent per attempt), 5. classify the answer
         trace = Trace(position)
         try:
-            submitted = await self._submit(gateway, order, position, exit_reason=request.reason, trace=trace)
+            submitted = await self._submit(
+                gateway, order, position, exit_reason=request.reason, trace=trace, counted=written.counted
+            )
         except VerifyNeeded as ambiguous:
             result = await self._verify_close(gateway, order, ambiguous)
             return result.model_copy(update={"orders_sent": order["submissions"]})

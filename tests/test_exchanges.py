@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -26,6 +26,7 @@ from egis.models import (
     CloseOutcomeKind,
     Exchange,
     Intent,
+    OpenInput,
     OrderSide,
     PlaceOrderInput,
     PlanOpenInput,
@@ -101,6 +102,52 @@ async def test_open_then_close(exchange: Exchange, deps: Deps, sim_control: Simu
         ]
         assert await sim_control.positions(SIM_KEYS[exchange.value][0]) == []
     assert (await deps.store.budget(f"bot-{exchange.value}")).available_usd == D("1000.00")
+
+
+@pytest.mark.parametrize("exchange", [Exchange.BINANCEUSDM, Exchange.BYBIT])
+async def test_an_open_and_a_close_each_commit_twice_and_count_one_send(exchange: Exchange, deps: Deps) -> None:
+    """Issue 15: the write that creates an order (the reservation, the close's begin) also counts
+    its first send, after the checks the send needs (the market takes the quantity, the account
+    is not backing off): one transaction less per order, and the rows still say one send each."""
+    bot = f"bot-{exchange.value}"
+    await deps.store.create_bot(
+        BotSpec(name=bot, exchange=exchange, account=ACCOUNTS[exchange.value], budget_usd=D(1000)), actor="test"
+    )
+    acts, env = PositionActivities(deps), ActivityEnvironment()
+    commits: list[int] = []
+
+    def count(_conn: object) -> None:
+        commits.append(1)
+
+    event.listen(deps.engine.sync_engine, "commit", count)
+    try:
+        opened = await env.run(
+            acts.open_position,
+            OpenInput(
+                workflow_id=f"wf-{bot}-commits",
+                bot=bot,
+                symbol="BTCUSDT",
+                side=Side.LONG,
+                usd=D(120),
+                exchange=exchange,
+                account=ACCOUNTS[exchange.value],
+            ),
+        )
+        assert opened.status == "filled" and opened.position_status == "open"
+        assert len(commits) == 2  # the reservation with its send counted, then the fill
+        commits.clear()
+        closed = await env.run(
+            acts.close_position, CloseInput(position_id=opened.position_id, reason="manual", attempt=1)
+        )
+        assert closed.status == "closed" and closed.orders_sent == 1
+        assert len(commits) == 2  # the close order with its send counted, then the fill
+    finally:
+        event.remove(deps.engine.sync_engine, "commit", count)
+    async with deps.engine.connect() as conn:
+        rows = (await conn.execute(select(orders).order_by(orders.c.id))).mappings().all()
+    sent = [(r["intent"], r["status"], r["submissions"]) for r in rows]
+    assert sent == [("open", "filled", 1), ("close", "filled", 1)]
+    assert all(r["submitted_at"] is not None for r in rows)
 
 
 @pytest.mark.parametrize("exchange", [Exchange.BINANCEUSDM, Exchange.BYBIT])

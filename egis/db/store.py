@@ -221,9 +221,10 @@ def _reserving() -> Any:
     return positions.c.status.in_([s.value for s in RESERVING_STATUSES])
 
 
-async def budget_view(conn: AsyncConnection, bot_name: str) -> BudgetView:
-    """The bot's budget, read from `positions` only (the single source of truth)."""
-    bot = await get_bot(conn, bot_name)
+async def budget_view(conn: AsyncConnection, bot_name: str, bot: BotView | None = None) -> BudgetView:
+    """The bot's budget, read from `positions` only (the single source of truth); `bot`: its row,
+    when the caller has read (and locked) it already."""
+    bot = bot if bot is not None else await get_bot(conn, bot_name)
     reserved, count = (
         await conn.execute(
             select(func.coalesce(func.sum(positions.c.size_usd), 0), func.count()).where(
@@ -284,12 +285,37 @@ def client_order_id(uid: str, intent: Intent, attempt: int) -> str:
     return f"eg{uid}{intent.value[0]}{attempt}"
 
 
+@dataclass(frozen=True)
+class Written:
+    """The position and order rows a write left (no second read), and whether this call counted
+    the order's first send (`sending`: the caller sends it next, nothing checked in between)."""
+
+    position: dict[str, Any]
+    order: dict[str, Any]
+    counted: bool = False
+
+    def reserved(self) -> ReservedPosition:
+        return ReservedPosition(
+            position_id=self.position["id"],
+            uid=self.position["uid"],
+            order_id=self.order["id"],
+            client_order_id=self.order["client_order_id"],
+        )
+
+
 async def reserve_position(conn: AsyncConnection, req: ReserveInput, *, actor: str) -> ReservedPosition:
-    """Reserve budget and insert the position (opening) with its OPEN order, in one transaction.
+    """Reserve budget and insert the position (opening) with its OPEN order (see reserve_returning)."""
+    return (await reserve_returning(conn, req, actor=actor)).reserved()
+
+
+async def reserve_returning(conn: AsyncConnection, req: ReserveInput, *, actor: str, sending: bool = False) -> Written:
+    """Reserve budget and insert the position (opening) with its OPEN order, in one transaction;
+    returns both rows as written. `sending`: the caller has checked the order may go out and sends
+    it right after the commit, so its first send is counted here (one transaction less per open).
 
     Holding a row lock on the bot serializes concurrent opens of that bot, so the sum of
     reservations can never exceed its budget. Idempotent per workflow id: a retried call
-    returns the rows the first call wrote.
+    returns the rows the first call wrote (and counts nothing).
     """
     existing = (
         (await conn.execute(select(positions).where(positions.c.workflow_id == req.workflow_id)))
@@ -306,17 +332,12 @@ async def reserve_position(conn: AsyncConnection, req: ReserveInput, *, actor: s
             .mappings()
             .one()
         )
-        return ReservedPosition(
-            position_id=existing["id"],
-            uid=existing["uid"],
-            order_id=order["id"],
-            client_order_id=order["client_order_id"],
-        )
+        return Written(dict(existing), dict(order))
     bot = await get_bot(conn, req.bot, lock=True)
     if bot.exchange != req.exchange or bot.account != req.account:
         raise InvalidInput(f"bot {req.bot!r} trades on {bot.exchange}/{bot.account}, not {req.exchange}/{req.account}")
     await _refuse_conflicting_positions(conn, req)
-    view = await budget_view(conn, req.bot)
+    view = await budget_view(conn, req.bot, bot)
     budget_rule.check_reservation(req.bot, bot.budget_usd, view.reserved_usd, req.usd)
 
     uid = secrets.token_hex(6)
@@ -356,6 +377,7 @@ async def reserve_position(conn: AsyncConnection, req: ReserveInput, *, actor: s
                     reduce_only=False,
                     client_order_id=client_order_id(uid, Intent.OPEN, 1),
                     status=OrderStatus.PENDING.value,
+                    **_first_send(sending),
                 )
                 .returning(*orders.c)
             )
@@ -373,9 +395,12 @@ async def reserve_position(conn: AsyncConnection, req: ReserveInput, *, actor: s
         before=None,
         after=position,
     )
-    return ReservedPosition(
-        position_id=position["id"], uid=uid, order_id=order["id"], client_order_id=order["client_order_id"]
-    )
+    return Written(dict(position), dict(order), counted=sending)
+
+
+def _first_send(sending: bool) -> dict[str, Any]:
+    """The columns of an order row whose first send is counted as it is written."""
+    return {"submissions": 1, "submitted_at": func.now()} if sending else {}
 
 
 async def _refuse_conflicting_positions(conn: AsyncConnection, req: ReserveInput) -> None:
@@ -615,8 +640,7 @@ async def begin_close(
     conn: AsyncConnection, position_id: int, attempt: int, quantity: Decimal, *, actor: str, reason: str
 ) -> dict[str, Any]:
     """Mark the position closing and write its reduce-only CLOSE order (idempotent per attempt)."""
-    _, order = await begin_close_returning(conn, position_id, attempt, quantity, actor=actor, reason=reason)
-    return order
+    return (await begin_close_returning(conn, position_id, attempt, quantity, actor=actor, reason=reason)).order
 
 
 async def begin_close_returning(
@@ -629,16 +653,19 @@ async def begin_close_returning(
     reason: str,
     adjust_to: Decimal | None = None,
     adjust_reason: str = "",
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    sending: bool = False,
+) -> Written:
     """begin_close in one transaction with the quantity adjustment that may precede it (seed 003:
-    close the exchange's quantity, audited); returns (position row, order row) as written."""
+    close the exchange's quantity, audited); returns the position and order rows as written.
+    `sending`: a new order's first send is counted here (see reserve_returning); an order this
+    attempt wrote before is returned as it is, nothing counted."""
     if adjust_to is not None:
         await adjust_open_quantity(conn, position_id, adjust_to, actor=actor, reason=adjust_reason)
     position = await get_position(conn, position_id, lock=True)
     cid = client_order_id(position["uid"], Intent.CLOSE, attempt)
     existing = (await conn.execute(select(orders).where(orders.c.client_order_id == cid))).mappings().one_or_none()
     if existing is not None:
-        return position, dict(existing)
+        return Written(position, dict(existing))
     if position["status"] not in (PositionStatus.OPEN.value, PositionStatus.CLOSING.value):
         raise InvalidTransition(f"position {position_id} is {position['status']}: it cannot be closed")
     if quantity <= 0:
@@ -660,6 +687,7 @@ async def begin_close_returning(
                     client_order_id=cid,
                     status=OrderStatus.PENDING.value,
                     attempt=attempt,
+                    **_first_send(sending),
                 )
                 .returning(*orders.c)
             )
@@ -670,7 +698,7 @@ async def begin_close_returning(
     if position["status"] != PositionStatus.CLOSING.value:
         values = {"status": PositionStatus.CLOSING.value}
         position = await mutate(conn, positions, position, values, actor=actor, action="close_started", reason=reason)
-    return position, dict(order)
+    return Written(position, dict(order), counted=sending)
 
 
 async def close_without_order(
@@ -793,6 +821,10 @@ class Store:
     async def reserve_position(self, req: ReserveInput, *, actor: str) -> ReservedPosition:
         async with self.engine.begin() as conn:
             return await reserve_position(conn, req, actor=actor)
+
+    async def reserve_returning(self, req: ReserveInput, *, actor: str, sending: bool) -> Written:
+        async with self.engine.begin() as conn:
+            return await reserve_returning(conn, req, actor=actor, sending=sending)
 
     async def record_fill(
         self, order_id: int, report: FillReport, *, actor: str, exit_reason: str | None = None
