@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -32,6 +33,7 @@ log = logging.getLogger("egis.activities.watch")
 class WatchActivities:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        self._starting: dict[str, asyncio.Task[None]] = {}  # watcher id -> the start in flight
 
     @activity.defn(name="check_aged_exits")
     async def check_aged_exits(self, request: AgedCheckInput) -> AgedCheckResult:
@@ -121,13 +123,26 @@ class WatchActivities:
         client: Client | None = self.deps.temporal
         if client is None:
             raise RuntimeError("the worker was built without a Temporal client")
-        workflow_id = watcher_workflow_id(activity.info().task_queue, request.exchange, request.account)
+        queue = activity.info().task_queue
+        workflow_id = watcher_workflow_id(queue, request.exchange, request.account)
+        # Hundreds of positions of one account can age at once: the ensures running together in
+        # this process share one start call (Temporal answers "Workflow is busy" to concurrent
+        # starts of one id). Nothing is remembered after it: a watcher that ends later is started
+        # again by the next ensure.
+        start = self._starting.get(workflow_id)
+        if start is None:
+            start = asyncio.create_task(self._start_watcher(client, request, workflow_id, queue))
+            self._starting[workflow_id] = start
+            start.add_done_callback(lambda _: self._starting.pop(workflow_id, None))
+        await asyncio.shield(start)
+        return workflow_id
+
+    async def _start_watcher(self, client: Client, request: WatcherInput, workflow_id: str, queue: str) -> None:
         with contextlib.suppress(WorkflowAlreadyStartedError):  # already watching this account
             await client.start_workflow(
                 "PriceWatchWorkflow",
                 request.model_copy(update={"tick_seconds": self.deps.settings.watch_tick_seconds}),
                 id=workflow_id,
-                task_queue=activity.info().task_queue,
+                task_queue=queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             )
-        return workflow_id

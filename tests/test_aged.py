@@ -4,16 +4,19 @@ server, where the hours of an aged policy pass in moments."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.deps import Deps
-from egis.models import AgedPolicy, Exchange, PositionResult, Side
+from activities.watch import WatchActivities
+from egis.models import AgedPolicy, Exchange, PositionResult, Side, WatcherInput
 from egis.rules.aged import aged_phase, target_price, target_reached
 from egis.simulator.control import SimulatorControl
 from tests.conftest import SIM_KEYS
@@ -121,3 +124,33 @@ async def test_expired_closes_at_market(h: Harness, sim_control: SimulatorContro
     await sim_control.set_price("CLOUDUSDT", "0.1")  # far below any target
     result = await run_to_end(h, view.workflow_id)
     assert result.status == "closed" and result.exit_reason == "aged_expired" and result.exit_price == D("0.1")
+
+
+async def test_ensures_running_together_share_one_start_of_the_watcher(
+    ts_env: WorkflowEnvironment, deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 (10,000 positions): when hundreds of positions of one account age at once, each asks
+    for the account's price watcher; concurrent starts of one workflow id made Temporal answer
+    "Workflow is busy" and the activities retried. The ensures in flight together share one start;
+    nothing is remembered after it (a watcher that has ended since is started again)."""
+    client = ts_env.client
+    starts: list[str] = []
+    real_start = client.start_workflow
+
+    async def counting_start(*args: object, **kwargs: object) -> object:
+        starts.append(str(kwargs["id"]))
+        return await real_start(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "start_workflow", counting_start)
+    deps.temporal = client
+    watch = WatchActivities(deps)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, task_queue=f"t-{uuid.uuid4().hex[:10]}")  # no worker: it waits
+    request = WatcherInput(exchange=Exchange.BYBIT, account="aged-at-once")
+    ids = await asyncio.gather(*(env.run(watch.ensure_price_watcher, request) for _ in range(50)))
+    assert len(set(ids)) == 1 and starts == ids[:1]
+    handle = client.get_workflow_handle(ids[0])
+    assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
+    assert await env.run(watch.ensure_price_watcher, request) == ids[0]  # asks again: already running
+    assert len(starts) == 2
+    await handle.terminate("test finished")
