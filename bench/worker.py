@@ -18,7 +18,7 @@ from bench.baseline import ACTIVITIES, BASELINE_QUEUE, WORKFLOWS
 from egis.config import Settings
 from egis.process import hard_exit
 from egis.temporal import connect
-from worker import run_worker
+from worker import cache_workflow_bytecode, run_worker
 
 log = logging.getLogger("egis.bench.worker")
 
@@ -29,6 +29,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     client = await connect(settings)
+    cache_workflow_bytecode(WORKFLOWS)  # the baselines' too, as the product's worker does for its own
     async with Worker(client, task_queue=BASELINE_QUEUE, workflows=WORKFLOWS, activities=ACTIVITIES):
         await run_worker(settings, stop, apply_migrations=False)
 

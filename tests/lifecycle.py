@@ -31,6 +31,7 @@ from egis.models import (
     watcher_workflow_id,
 )
 from tests.conftest import ACCOUNTS
+from worker import cache_workflow_bytecode
 from workflows.registry import workflows_for
 
 D = Decimal
@@ -71,10 +72,12 @@ class Harness:
 async def workers(temporal: Client, deps: Deps) -> AsyncIterator[None]:
     """The main worker plus one worker per simulator account, exactly as worker.py builds them."""
     queue = deps.settings.task_queue
+    registered = workflows_for(versioned=False)
+    cache_workflow_bytecode(registered)
     main = Worker(
         temporal,
         task_queue=queue,
-        workflows=workflows_for(versioned=False),
+        workflows=registered,
         activities=main_queue_activities(deps),
         workflow_failure_exception_types=[ValidationError],
     )
