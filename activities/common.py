@@ -81,12 +81,15 @@ async def compare_account(deps: Deps, exchange: Exchange, account: str) -> SyncF
 
 @contextlib.asynccontextmanager
 async def heartbeating(every: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat while the body runs, so a dead worker is noticed within the heartbeat timeout."""
+    """Heartbeat while the body runs, so a dead worker is noticed within the heartbeat timeout
+    (which counts from the start, so the first beat comes after `every` seconds, not at once: most
+    opens and closes take milliseconds, and each beat is an RPC and a history-store write on the
+    Temporal server)."""
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(every)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:

@@ -13,8 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import select
-from temporalio.testing import WorkflowEnvironment
+from temporalio import activity
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.common import heartbeating
 from chaos import invariants
 from egis.client import EgisClient
 from egis.config import Settings
@@ -103,3 +105,22 @@ async def test_worker_killed_between_exchange_fill_and_db_write(
             client.engine, sim_control, {"sim-binance": key}, temporal_env.client, queue
         )
         assert violations == []
+
+
+async def test_heartbeats_start_after_the_interval_not_at_once() -> None:
+    """A dead worker is noticed by the heartbeat timeout, which counts from the activity's start:
+    an open or a close that takes milliseconds needs no beat (each is an RPC and a write on the
+    Temporal server; issue 15). One that runs longer beats every interval."""
+    beats: list[tuple[object, ...]] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    @activity.defn(name="runs_for")
+    async def runs_for(seconds: float, every: float) -> None:
+        async with heartbeating(every=every):
+            await asyncio.sleep(seconds)
+
+    await env.run(runs_for, 0.05, 1.0)
+    assert beats == []
+    await env.run(runs_for, 0.6, 0.1)
+    assert len(beats) >= 2  # ~5 (fewer on a loaded machine)
