@@ -76,14 +76,23 @@ def remember(reported: list[int], position_id: int, keep: int = REPORTED_KEPT) -
 
 
 @dataclass
+class _Unconfirmed:
+    """A ghost told to its workflow whose position the database still holds open."""
+
+    position: OurPosition
+    hint: SyncHint
+    told_at: float  # monotonic
+    retold: int = 0
+
+
+@dataclass
 class _Run:
     """What one activity run has seen (for its report, the status row and de-duplication)."""
 
     exchange: Exchange
     account: str
     told: dict[int, str] = field(default_factory=dict)  # position id -> last hint sent
-    told_at: dict[int, float] = field(default_factory=dict)  # position id -> when (monotonic)
-    unconfirmed: dict[int, tuple[OurPosition, SyncHint, int]] = field(default_factory=dict)  # ghosts told, times
+    unconfirmed: dict[int, _Unconfirmed] = field(default_factory=dict)  # position id -> a ghost told, not taken
     reported: list[int] = field(default_factory=list)  # positions reported (kept for the sync's check)
     events: int = 0
     reconnects: int = 0
@@ -199,7 +208,7 @@ class StreamActivities:
         """Tell again the ghosts told RETELL_SECONDS ago whose position is still open (their workflow
         was settling its open when the hint came); forget those that are final."""
         now = time.monotonic()
-        due = [pid for pid in run.unconfirmed if now - run.told_at.get(pid, now) >= RETELL_SECONDS]
+        due = [pid for pid, ghost in run.unconfirmed.items() if now - ghost.told_at >= RETELL_SECONDS]
         if not due:
             return
         async with self.deps.engine.connect() as conn:
@@ -207,22 +216,22 @@ class StreamActivities:
                 (await conn.execute(select(positions.c.id, positions.c.status).where(positions.c.id.in_(due)))).all()
             )
         for pid in due:
-            position, hint, times = run.unconfirmed[pid]
+            ghost = run.unconfirmed[pid]
             if status.get(pid) != "open":
                 del run.unconfirmed[pid]  # closing or closed: the hint was taken (or another path won)
-            elif times >= MAX_RETELLS:
+            elif ghost.retold >= MAX_RETELLS:
                 del run.unconfirmed[pid]
                 log.warning(
                     "%s/%s: %s still open after %d stream hints; leaving it to the REST sync",
                     run.exchange,
                     run.account,
-                    position.workflow_id,
-                    times,
+                    ghost.position.workflow_id,
+                    ghost.retold,
                 )
             else:
                 run.told.pop(pid, None)
-                await self._tell(run, position, hint)
-                run.unconfirmed[pid] = (position, hint, times + 1)
+                ghost.retold += 1
+                await self._tell(run, ghost.position, ghost.hint)
 
     # ------------------------------------------------------------ events
     async def _handle(self, run: _Run, event: PositionUpdate | OrderUpdate) -> None:
@@ -292,9 +301,9 @@ class StreamActivities:
         if run.told.get(position.position_id) == key or position.workflow_id is None:
             return False
         run.told[position.position_id] = key
-        run.told_at[position.position_id] = time.monotonic()
-        if hint.kind == "ghost" and position.position_id not in run.unconfirmed:
-            run.unconfirmed[position.position_id] = (position, hint, 0)
+        if hint.kind == "ghost":  # followed up until its position is no longer open (_retell)
+            ghost = run.unconfirmed.setdefault(position.position_id, _Unconfirmed(position, hint, time.monotonic()))
+            ghost.told_at = time.monotonic()
         run.reported = remember(run.reported, position.position_id)
         await self._write_status(run, connected=True)  # before the signal: the sync must see it reported
         assert self.deps.temporal is not None, "the stream activity needs a Temporal client"

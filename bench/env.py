@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -178,17 +178,28 @@ class BenchEnv:
     async def wait_for_status(
         self, workflow_ids: list[str], wanted: set[str], timeout: float
     ) -> dict[str, dict[str, Any]]:
-        """Poll the database until every position has a status in `wanted`; refuse a failed one."""
+        """Poll the database until every position has a status in `wanted` (a count by status per
+        poll; the rows are read once, at the end); refuse a failed one."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            rows = await self.position_rows(workflow_ids)
-            failed = [wid for wid, row in rows.items() if row["status"] == "failed"]
-            if failed:
+            async with self.client.engine.connect() as conn:
+                counts = dict(
+                    (
+                        await conn.execute(
+                            select(positions.c.status, func.count())
+                            .where(positions.c.workflow_id.in_(workflow_ids))
+                            .group_by(positions.c.status)
+                        )
+                    ).all()
+                )
+            if counts.get("failed"):
+                rows = await self.position_rows(workflow_ids)
+                failed = [wid for wid, row in rows.items() if row["status"] == "failed"]
                 raise BenchError(f"{len(failed)} positions failed, e.g. {failed[0]}: {rows[failed[0]]['last_error']}")
-            if len(rows) == len(workflow_ids) and all(row["status"] in wanted for row in rows.values()):
-                return rows
+            done = sum(n for status, n in counts.items() if status in wanted)
+            if done == len(workflow_ids):
+                return await self.position_rows(workflow_ids)
             if asyncio.get_running_loop().time() > deadline:
-                done = sum(row["status"] in wanted for row in rows.values())
                 raise BenchError(f"only {done} of {len(workflow_ids)} positions reached {sorted(wanted)} in time")
             await asyncio.sleep(0.2 if len(workflow_ids) <= 100 else 2.0)  # thousands: a lighter poll
 

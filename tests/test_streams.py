@@ -321,12 +321,12 @@ async def test_a_ghost_hint_not_taken_is_told_again_until_the_position_is_final(
     lost = OurPosition(pid, "pos-nobody-listens-x", "BTCUSDT", "long", "open", D("0.002"), None)
     await acts._tell(run, lost, SyncHint(kind="ghost"))
     await acts._retell(run)  # too soon: nothing
-    assert run.unconfirmed[pid][2] == 0
-    run.told_at[pid] -= 601  # RETELL_SECONDS later
+    assert run.unconfirmed[pid].retold == 0
+    run.unconfirmed[pid].told_at -= 601  # RETELL_SECONDS later
     await acts._retell(run)  # still open in the database: told again
-    assert run.unconfirmed[pid][2] == 1
+    assert run.unconfirmed[pid].retold == 1
     result = await h.client.close_position(view.workflow_id, CloseRequest(reason="manual"))
     assert result is not None and result.status == "closed"
-    run.told_at[pid] -= 601
+    run.unconfirmed[pid].told_at -= 601
     await acts._retell(run)  # final: forgotten
     assert pid not in run.unconfirmed
