@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 from temporalio import activity
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -143,12 +143,23 @@ def still_closing() -> CloseResult:
     return CloseResult(position_id=7, outcome=CloseOutcomeKind.CLOSED, status=PositionStatus.CLOSING, orders_sent=1)
 
 
+async def start_position(client: Client, queue: str, ref: str) -> WorkflowHandle:  # type: ignore[type-arg]
+    """A PositionWorkflow of bot alpha on bybit/acct, started as egis.client starts one."""
+    context = BotContext(bot="alpha", exchange=Exchange.BYBIT, account="acct")
+    request = OpenPositionInput(bot="alpha", symbol="BTCUSDT", side="long", usd=D(120), ref=ref)
+    return await client.start_workflow(
+        PositionWorkflow.run,
+        PositionWorkflowInput(request=request, bot_context=context),
+        id=f"pos-alpha-{ref}-{queue}",
+        task_queue=queue,
+    )
+
+
 @pytest_asyncio.fixture
 async def fakes(ts_env: WorkflowEnvironment) -> AsyncIterator[tuple[Fakes, WorkflowHandle]]:  # type: ignore[type-arg]
     queue = f"fake-{uuid.uuid4().hex[:8]}"
     scripted = Fakes()
     main_acts, account_acts = scripted.activities()
-    context = BotContext(bot="alpha", exchange=Exchange.BYBIT, account="acct")
     async with (
         Worker(
             ts_env.client,
@@ -159,13 +170,7 @@ async def fakes(ts_env: WorkflowEnvironment) -> AsyncIterator[tuple[Fakes, Workf
         ),
         Worker(ts_env.client, task_queue=account_task_queue(queue, Exchange.BYBIT, "acct"), activities=account_acts),
     ):
-        request = OpenPositionInput(bot="alpha", symbol="BTCUSDT", side="long", usd=D(120), ref="r1")
-        handle = await ts_env.client.start_workflow(
-            PositionWorkflow.run,
-            PositionWorkflowInput(request=request, bot_context=context),
-            id=f"pos-alpha-{queue}",
-            task_queue=queue,
-        )
+        handle = await start_position(ts_env.client, queue, "r1")
         yield scripted, handle
         with contextlib.suppress(RPCError):
             await handle.terminate("test over")
@@ -221,15 +226,7 @@ async def test_a_ghost_hint_while_the_open_settles_is_followed_once_open(fakes, 
     scripted, first = fakes
     scripted.open_gate = asyncio.Event()
     scripted.open_started.clear()
-    queue = first.id.removeprefix("pos-alpha-")
-    context = BotContext(bot="alpha", exchange=Exchange.BYBIT, account="acct")
-    request = OpenPositionInput(bot="alpha", symbol="BTCUSDT", side="long", usd=D(120), ref="r2")
-    handle = await ts_env.client.start_workflow(
-        PositionWorkflow.run,
-        PositionWorkflowInput(request=request, bot_context=context),
-        id=f"pos-alpha-r2-{queue}",
-        task_queue=queue,
-    )
+    handle = await start_position(ts_env.client, first.id.removeprefix("pos-alpha-r1-"), "r2")
     try:
         await asyncio.wait_for(scripted.open_started.wait(), 30)  # the open is under way
         await handle.signal(PositionWorkflow.sync_hint, SyncHint(kind="ghost"))
