@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from bench.baseline import BASELINE_QUEUE
 from bench.config import SYMBOLS, Sizes
@@ -57,6 +57,8 @@ STREAM_GROUPS = frozenset({"sb", "sn"})
 sections measure what they always did."""
 """Lifecycles on Binance USD-M; ghosts on Bybit, as in seed 003."""
 START_CONCURRENCY = 50
+REOPENS = 2  # an open refused with nothing written (open_positions) is started again this many times
+STALLED_SECONDS = 20.0  # no open for this long: look for refused ones (wait_for_status)
 UNTHROTTLED = {
     "binance_weight_limit": 10**9,
     "binance_order_limit_10s": 10**9,
@@ -108,6 +110,7 @@ class BenchEnv:
     worker: asyncio.subprocess.Process
     accounts: dict[str, list[Account]]  # by group
     log_path: Path
+    reopened: int = 0  # opens refused with nothing written, started again (open_positions)
 
     @property
     def temporal(self) -> Client:
@@ -155,19 +158,36 @@ class BenchEnv:
         self, slots: list[Slot], tag: str, timeout: float = 600.0, usd: Decimal = POSITION_USD
     ) -> list[Opened]:
         """Open one long per slot through PositionWorkflow (untimed setup: START_CONCURRENCY starts
-        at a time, refs `<tag>-<i>`) and wait until all are open."""
+        at a time, refs `<tag>-<i>`) and wait until all are open. An open refused with nothing
+        written (thousands started at once on a busy machine: its activity waited in the account's
+        queue past the open deadline, as the product intends) is started again with a new ref, up
+        to REOPENS times; `self.reopened` counts them."""
         gate = asyncio.Semaphore(START_CONCURRENCY)
 
-        async def start(i: int, slot: Slot) -> str:
-            request = OpenPositionInput(
-                bot=slot.account.ref, symbol=slot.symbol, side=Side.LONG, usd=usd, ref=f"{tag}-{i}"
-            )
+        async def start(i: int, slot: Slot, ref: str) -> str:
+            request = OpenPositionInput(bot=slot.account.ref, symbol=slot.symbol, side=Side.LONG, usd=usd, ref=ref)
             async with gate:
                 return (await self.client.open_position(request, wait=None)).workflow_id
 
-        workflow_ids = await asyncio.gather(*(start(i, slot) for i, slot in enumerate(slots)))
-        rows = await self.wait_for_status(workflow_ids, {"open"}, timeout)
-        return [Opened(slot, wid, rows[wid]["id"]) for slot, wid in zip(slots, workflow_ids, strict=True)]
+        todo = dict(enumerate(slots))
+        opened: dict[int, Opened] = {}
+        for attempt in range(REOPENS + 1):
+            suffix = f"-again{attempt}" if attempt else ""
+            started = await asyncio.gather(*(start(i, slot, f"{tag}-{i}{suffix}") for i, slot in todo.items()))
+            ids = dict(zip(todo, started, strict=True))
+            rows = await self.wait_for_status(list(started), {"open"}, timeout, refused_ok=attempt < REOPENS)
+            for i, wid in ids.items():
+                if wid in rows:
+                    opened[i] = Opened(todo[i], wid, rows[wid]["id"])
+            todo = {i: slot for i, slot in todo.items() if i not in opened}
+            if not todo:
+                break
+            self.reopened += len(todo)
+        return [opened[i] for i in range(len(slots))]
+
+    async def _ended(self, workflow_id: str) -> bool:
+        description = await self.temporal.get_workflow_handle(workflow_id).describe()
+        return description.status != WorkflowExecutionStatus.RUNNING
 
     async def position_rows(self, workflow_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         ids = list(workflow_ids)
@@ -176,11 +196,15 @@ class BenchEnv:
             return {row["workflow_id"]: dict(row) for row in result.mappings()}
 
     async def wait_for_status(
-        self, workflow_ids: list[str], wanted: set[str], timeout: float
+        self, workflow_ids: list[str], wanted: set[str], timeout: float, *, refused_ok: bool = False
     ) -> dict[str, dict[str, Any]]:
         """Poll the database until every position has a status in `wanted` (a count by status per
-        poll; the rows are read once, at the end); refuse a failed one."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        poll; the rows are read once, at the end); refuse a failed one. `refused_ok`: when nothing
+        progresses, the workflows that ended without writing a row (a refused open) are looked up,
+        and once every missing one is such, the rows there are are returned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_done, since = -1, loop.time()
         while True:
             async with self.client.engine.connect() as conn:
                 counts = dict(
@@ -199,6 +223,15 @@ class BenchEnv:
             done = sum(n for status, n in counts.items() if status in wanted)
             if done == len(workflow_ids):
                 return await self.position_rows(workflow_ids)
+            if done != last_done:
+                last_done, since = done, loop.time()
+            elif refused_ok and loop.time() - since > STALLED_SECONDS:
+                rows = await self.position_rows(workflow_ids)
+                if all(row["status"] in wanted for row in rows.values()):
+                    missing = [wid for wid in workflow_ids if wid not in rows]
+                    if all(await asyncio.gather(*(self._ended(wid) for wid in missing))):
+                        return rows  # every one missing was refused: nothing more will come
+                since = loop.time()
             if asyncio.get_running_loop().time() > deadline:
                 raise BenchError(f"only {done} of {len(workflow_ids)} positions reached {sorted(wanted)} in time")
             await asyncio.sleep(0.2 if len(workflow_ids) <= 100 else 2.0)  # thousands: a lighter poll

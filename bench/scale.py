@@ -136,6 +136,7 @@ class _Scale:
         open_s = time.perf_counter() - started
         data["positions"] = sum(len(ids) for ids in loaded.values())
         data["open_s"] = open_s
+        data["reopened"] = self.env.reopened
         # the closes on the same account as the baseline's (by1); every other position stays open
         victims = loaded["by1"][-closes:]
         rest = [w for ids in loaded.values() for w in ids if w not in set(victims)]
@@ -295,6 +296,7 @@ def _rows(data: dict[str, Any]) -> list[Row]:
     rows = [
         Row(NAME, "open positions (5 accounts)", n),
         Row(NAME, "  time to open them all (s)", data["open_s"]),
+        Row(NAME, "  opens refused under load, started again", data.get("reopened", 0)),
     ]
     for proc in full["rss_mb"]:
         rows.append(Row(NAME, f"RSS {proc} (MB)", full["rss_mb"][proc], empty["rss_mb"][proc], base))
