@@ -221,8 +221,7 @@ class PositionActivities:
         can count its first send (one transaction less). False: the order is written uncounted and
         `_submit` makes the same checks again, refusing or waiting as it always did."""
         try:
-            validate_quantity(quantity, await gateway.market(symbol), reduce_only=reduce_only)
-            await gateway.check_backoff()
+            await _check_before_send(gateway, symbol, quantity, reduce_only=reduce_only)
         except (EgisError, ExchangeCallError):
             return False
         return True
@@ -322,9 +321,7 @@ class PositionActivities:
                 assert found is not None
                 return Refusal("ended_unfilled", f"the exchange ended order {order['client_order_id']} unfilled")
         try:  # checked before the send is counted: a local refusal sends nothing
-            rules = await gateway.market(order["symbol"])
-            validate_quantity(order["quantity"], rules, reduce_only=order["reduce_only"])
-            await gateway.check_backoff()  # throttled or banned: nothing goes out, nothing is counted
+            await _check_before_send(gateway, order["symbol"], order["quantity"], reduce_only=order["reduce_only"])
         except ExchangeCallError as exc:
             raise read_failure(exc) from None
         except EgisError as exc:
@@ -661,6 +658,13 @@ _MAY_EXIST_RULES = frozenset(
     }
 )
 """VERIFY rules after which the order may exist on the venue (not a refusal in disguise)."""
+
+
+async def _check_before_send(gateway: Gateway, symbol: str, quantity: Decimal, *, reduce_only: bool) -> None:
+    """What must hold before a send is counted: the market takes the quantity (EgisError), and the
+    account is not backing off (throttled or banned: nothing goes out; ExchangeCallError)."""
+    validate_quantity(quantity, await gateway.market(symbol), reduce_only=reduce_only)
+    await gateway.check_backoff()
 
 
 def _hedge_message(exchange: Exchange, account: str) -> str:

@@ -37,11 +37,10 @@ from egis.db import maintenance as mdb
 from egis.db import store as db
 from egis.db.schema import orders, positions, stream_status
 from egis.errors import EgisError
-from egis.exchanges.accounts import AccountConfig, load_account
+from egis.exchanges.accounts import load_account
 from egis.exchanges.backoff import Backoff
 from egis.exchanges.base import ExchangeCallError
 from egis.exchanges.ccxt_gateway import CcxtGateway
-from egis.exchanges.registry import venue_of
 from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
 from egis.models import AccountInput, Exchange, StreamRunReport, SyncHint
 from egis.rules.sizing import quantities_differ
@@ -153,7 +152,7 @@ class StreamActivities:
             # during the back-off and lengthen a ban (Binance doubles it, up to 3 days). The back-off
             # is this process's gateway's (one per account: what the stream imposes, the REST calls
             # of this process see at once, and the other way round).
-            backoff = await self._backoff(run, config)
+            backoff = await self._backoff(run)
             left = await backoff.remaining()
             if left > 0:
                 run.last_error = f"backing off for another {left:.0f}s (the venue throttled this account or its IP)"
@@ -190,11 +189,11 @@ class StreamActivities:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RECONNECT_PAUSE[1])
 
-    async def _backoff(self, run: _Run, config: AccountConfig) -> Backoff:
+    async def _backoff(self, run: _Run) -> Backoff:
         gateway = await self.deps.gateways.get(run.exchange, run.account)
-        if isinstance(gateway, CcxtGateway):
-            return gateway.backoff
-        return Backoff(run.exchange.value, run.account, self.deps.engine, venue_of(config))  # not a live venue
+        if not isinstance(gateway, CcxtGateway):  # streams are followed on live venues only
+            raise ValueError(f"no private stream for {run.exchange}")
+        return gateway.backoff
 
     async def _consume(self, run: _Run, stream: AccountStream, deadline: float) -> None:
         silent_since = watched_at = time.monotonic()

@@ -25,7 +25,7 @@ import activities.streams as stream_activity
 from activities.deps import Deps
 from egis import metrics
 from egis.db.schema import audit_events, stream_status
-from egis.exchanges.accounts import AccountConfig, load_account
+from egis.exchanges.accounts import AccountConfig
 from egis.exchanges.ccxt_gateway import Throttle, throttle_of
 from egis.exchanges.streams import AccountStream, OrderUpdate, PositionUpdate, StreamLost
 from egis.models import AccountInput, CloseRequest, Exchange, SyncHint, stream_workflow_id
@@ -337,6 +337,5 @@ async def test_the_stream_and_the_gateway_share_one_back_off_per_account(h: Harn
     see it at once (and the stream must see theirs), not after the shared row's next read."""
     acts = stream_activity.StreamActivities(h.deps)
     run = stream_activity._Run(Exchange.BINANCEUSDM, ACCOUNTS["binanceusdm"])
-    config = load_account(run.account, run.exchange, h.deps.settings.resolved_accounts_dir)
     gateway = await h.deps.gateways.get(run.exchange, run.account)
-    assert await acts._backoff(run, config) is gateway.backoff  # type: ignore[attr-defined]
+    assert await acts._backoff(run) is gateway.backoff  # type: ignore[attr-defined]
