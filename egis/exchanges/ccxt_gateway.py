@@ -592,10 +592,11 @@ class CcxtGateway:
         else:
             answer = await self._call("read", self._ex.publicGetV5MarketTickers({"category": "linear"} | one))
             rows, field = ((answer.get("result") or {}).get("list") if isinstance(answer, dict) else None), "lastPrice"
+        wanted = set(symbols)  # a set: the answer lists every symbol (2,000 rows x 2,000 asked was quadratic)
         prices = {
             str(row["symbol"]): _dec(row.get(field))
             for row in (rows if isinstance(rows, list) else [])
-            if isinstance(row, dict) and row.get("symbol") in symbols
+            if isinstance(row, dict) and row.get("symbol") in wanted
         }
         return {s: price for s in symbols if (price := prices.get(s)) is not None}
 

@@ -441,10 +441,12 @@ class BinanceFrontEnd(FrontEnd):
 
     def _position_risk(self, params: Params, account: Account, *, version: int) -> Payload:
         symbol = optional(params, "symbol")
-        if symbol is not None:
-            self._core.market(symbol)
-        positions = self._account_positions(account, version)
-        return [self._position_row(account, p, version) for p in positions if symbol in (None, p.symbol)]
+        if symbol is None:
+            positions = self._account_positions(account, version)
+        else:  # the symbol's rows alone (a close reads one symbol: not every position, filtered)
+            market = self._core.market(symbol).symbol
+            positions = [p for p in account.symbol_positions(market) if version == 2 or p.quantity]
+        return [self._position_row(account, p, version) for p in positions]
 
     def _position_row(self, account: Account, position: Position, version: int) -> dict[str, Any]:
         mark = self._core.mark_prices[position.symbol]

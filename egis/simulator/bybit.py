@@ -423,10 +423,15 @@ class BybitFrontEnd(FrontEnd):
             positions = account.open_positions() if settle_coin == "USDT" else []
         default, maximum = _POSITION_PAGE
         page, cursor = _page(positions, _position_key, params, default=default, maximum=maximum)
-        rows = [self.position_row(account, p) for p in page]
+        realized = _realized_by_symbol(account.trades)  # once per page, not once per row
+        rows = [self.position_row(account, p, realized.get(p.symbol, Decimal(0))) for p in page]
         return {"category": _category(params), "list": rows, "nextPageCursor": cursor}
 
-    def position_row(self, account: Account, position: Position) -> dict[str, Any]:
+    def position_row(self, account: Account, position: Position, realized: Decimal | None = None) -> dict[str, Any]:
+        """One row of /v5/position/list. `realized`: the symbol's realized PnL when the caller has it
+        (a page of rows sums the account's trades once)."""
+        if realized is None:
+            realized = _realized(t for t in account.trades if t.symbol == position.symbol)
         mark = self._core.mark_prices[position.symbol]
         leverage = account.leverage_for(position.symbol)
         size = abs(position.quantity)
@@ -460,7 +465,7 @@ class BybitFrontEnd(FrontEnd):
             "trailingStop": "0",
             "unrealisedPnl": fmt(position.unrealized_pnl(mark)),
             "curRealisedPnl": "0",
-            "cumRealisedPnl": fmt(_realized(t for t in account.trades if t.symbol == position.symbol)),
+            "cumRealisedPnl": fmt(realized),
             "seq": 0,
             "isReduceOnly": False,
             "mmrSysUpdatedTime": "",
@@ -742,6 +747,14 @@ def _leverage(params: Params, name: str) -> Decimal:
 def _realized(trades: Iterable[Trade]) -> Decimal:
     """Realized PnL net of fees over some trades."""
     return sum((t.realized_pnl - t.fee for t in trades), Decimal(0))
+
+
+def _realized_by_symbol(trades: Iterable[Trade]) -> dict[str, Decimal]:
+    """Realized PnL net of fees per symbol, in one pass over the trades."""
+    out: dict[str, Decimal] = {}
+    for t in trades:
+        out[t.symbol] = out.get(t.symbol, Decimal(0)) + t.realized_pnl - t.fee
+    return out
 
 
 def _instrument(market: MarketSpec) -> dict[str, Any]:
