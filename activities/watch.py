@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.common import gateway_for, read_failure
 from activities.deps import Deps
@@ -119,7 +117,7 @@ class WatchActivities:
 
     @activity.defn(name="ensure_price_watcher")
     async def ensure_price_watcher(self, request: WatcherInput) -> str:
-        """Start the account's PriceWatchWorkflow unless it is already running (idempotent)."""
+        """Start the account's PriceWatchWorkflow, or tell the running one to keep watching (idempotent)."""
         client: Client | None = self.deps.temporal
         if client is None:
             raise RuntimeError("the worker was built without a Temporal client")
@@ -138,11 +136,13 @@ class WatchActivities:
         return workflow_id
 
     async def _start_watcher(self, client: Client, request: WatcherInput, workflow_id: str, queue: str) -> None:
-        with contextlib.suppress(WorkflowAlreadyStartedError):  # already watching this account
-            await client.start_workflow(
-                "PriceWatchWorkflow",
-                request.model_copy(update={"tick_seconds": self.deps.settings.watch_tick_seconds}),
-                id=workflow_id,
-                task_queue=queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            )
+        """Signal-with-start: a running watcher gets the `watch` signal (it resets its idle count, so
+        one in its last idle tick keeps going), an ended one is started again."""
+        await client.start_workflow(
+            "PriceWatchWorkflow",
+            request.model_copy(update={"tick_seconds": self.deps.settings.watch_tick_seconds}),
+            id=workflow_id,
+            task_queue=queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            start_signal="watch",
+        )

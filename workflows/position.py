@@ -75,8 +75,16 @@ ORDER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interva
 """TRANSIENT exchange errors are retried with backoff; VERIFY and PERMANENT are settled inside the activity."""
 OPEN_DEADLINE = timedelta(minutes=2)
 """An open that cannot complete within this is abandoned (after a last look-up): no stale entries."""
-WATCH_RECHECK = timedelta(minutes=30)
-"""How often an aged position makes sure its account's price watcher is running."""
+WATCH_RECHECK = timedelta(hours=2)
+"""How often an aged position makes sure its account's price watcher is running (plus up to
+WATCH_RECHECK_SPREAD, drawn per position): a backstop (a watcher ended by hand), since the watcher
+no longer ends while its account has aged positions (workflows/price_watch.py). 2,000 aged
+positions of one account re-checking every 30 minutes woke about one workflow (a replay, an
+activity, a start request) a second, in bursts as they had aged together."""
+WATCH_RECHECK_SPREAD = timedelta(minutes=30)
+WATCH_RECHECK_BEFORE = timedelta(minutes=30)
+RARE_RECHECK = "watch-recheck-2h"
+"""Patch: WATCH_RECHECK and its spread; 30 minutes sharp before it."""
 LEAN = "lean-lifecycle"
 """Patch: the open in one activity, no search-attribute upsert for the passing `closing` status,
 the memo written once the position is final (the UI's current details carry the live state).
@@ -121,6 +129,7 @@ class PositionWorkflow:
         self._pnl = None
         self._aged_phase: str | None = None
         self._watch_ensured_at = None
+        self._recheck = WATCH_RECHECK_BEFORE  # set at each ensure
         self._waiting = "the workflow to start"
         self._lean = False  # decided at the start of run (the patch LEAN)
         self._indexed: str | None = "opening" if state.bot_context is not None and state.context is None else None
@@ -526,7 +535,7 @@ class PositionWorkflow:
             return timedelta(seconds=max(phase.seconds_to_next or 0, 0.001))
         if self._watch_ensured_at is None:
             return timedelta(0)
-        return max(WATCH_RECHECK - (workflow.now() - self._watch_ensured_at), timedelta(0))
+        return max(self._recheck - (workflow.now() - self._watch_ensured_at), timedelta(0))
 
     async def _wait(self) -> None:
         wake = self._wake_in()
@@ -562,6 +571,10 @@ class PositionWorkflow:
             summary=f"aged: make sure the price watcher of {ctx.exchange.value}/{ctx.account} runs",
         )
         self._watch_ensured_at = workflow.now()
+        self._recheck = WATCH_RECHECK_BEFORE
+        if workflow.patched(RARE_RECHECK):  # spread: positions that aged together do not re-check together
+            spread = workflow.random().uniform(0, WATCH_RECHECK_SPREAD.total_seconds())
+            self._recheck = WATCH_RECHECK + timedelta(seconds=round(spread))
 
     def _apply(self, result: CloseResult) -> None:
         self._exit_reason = result.exit_reason
