@@ -248,6 +248,7 @@ def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None =
         # retrying its task forever
         workflow_failure_exception_types=[ValidationError],
         deployment_config=deployment,
+        max_cached_workflows=deps.settings.workflow_cache_size,
     )
 
 

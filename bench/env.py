@@ -306,7 +306,10 @@ async def bench_env(sizes: Sizes) -> AsyncIterator[BenchEnv]:
     worker_log = data_dir / "bench-worker.log"
     try:
         async with contextlib.AsyncExitStack() as exits:
-            stack = Stack(settings, run_worker=False, ui=False, worker_env=WORKER_ENV)
+            # every open workflow of section 10 fits the worker's cache (EGIS_WORKFLOW_CACHE_SIZE):
+            # the section measures Egis at 10,000 positions, not replays of evicted ones
+            cache = {"EGIS_WORKFLOW_CACHE_SIZE": str(max(1000, 5 * sizes.scale_per_account + 500))}
+            stack = Stack(settings, run_worker=False, ui=False, worker_env=WORKER_ENV | cache)
             await stack.start()
             exits.push_async_callback(stack.stop)
             sim = await start_simulator()

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
 
     # behaviour
     watch_tick_seconds: float = 5.0
+    # open workflows the worker keeps in memory (the SDK's max_cached_workflows, its default 1000):
+    # an event for one outside it (a close, a timer) first replays its history. Size it above the
+    # open positions when memory allows (docs/architecture.md, "Scale").
+    workflow_cache_size: int = Field(default=1000, ge=1, le=100_000)
     sync_grace_seconds: float = 10.0  # exchange sync leaves positions younger than this alone
     auto_schedules: bool = True  # the worker creates missing maintenance/sync schedules (safe defaults)
     streams: bool = True  # private websocket streams for live accounts (EGIS_STREAMS=0: REST polling only)
