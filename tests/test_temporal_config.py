@@ -770,3 +770,20 @@ async def test_tracing_exports_spans_to_the_otlp_endpoint(temporal_env: Workflow
 def test_a_server_outage_is_told_apart_from_a_refusal(status: RPCStatusCode, message: str, outage: bool) -> None:
     """`egis open --wait` polls again through an outage and reports anything else."""
     assert server_outage(RPCError(message, status, b"")) is outage
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "100001", "lots"])
+def test_a_workflow_cache_size_out_of_bounds_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("EGIS_WORKFLOW_CACHE_SIZE", value)
+    with pytest.raises(ValidationError, match="workflow_cache_size"):
+        Settings()
+
+
+async def test_the_workflow_cache_size_reaches_the_main_worker(temporal_env: WorkflowEnvironment, deps) -> None:  # type: ignore[no-untyped-def]
+    from worker import build_main_worker
+
+    deps.settings = deps.settings.model_copy(update={"workflow_cache_size": 12_345})
+    worker = build_main_worker(temporal_env.client, deps)
+    assert worker.config()["max_cached_workflows"] == 12_345
