@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import logging
 import py_compile
@@ -41,7 +42,7 @@ from temporalio.worker import Worker
 
 from activities import account_queue_activities, main_queue_activities
 from activities.deps import Deps
-from egis import faults, redact, schedules, versioning
+from egis import faults, metrics, redact, schedules, versioning
 from egis.config import Settings
 from egis.db import migrate
 from egis.db.engine import make_engine
@@ -233,6 +234,16 @@ def cache_workflow_bytecode(workflow_classes: Iterable[type]) -> list[str]:
     return written
 
 
+def freeze_startup_heap() -> int:
+    """Move everything alive once the worker is built (its modules: ccxt alone is most of ~300,000
+    objects) out of the garbage collector's sight (`gc.freeze`): they live as long as the process,
+    and a full collection, which stops the worker, no longer walks them (~0.2 s each, measured
+    alone). Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def build_main_worker(client: Client, deps: Deps, workflows: list[type] | None = None) -> Worker:
     deployment = versioning.deployment_config(deps.settings)
     if workflows is None:
@@ -259,6 +270,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         await migrate.upgrade(engine)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    gc_watch = metrics.watch_gc_pauses(log)
     sdk_metrics = f"{settings.metrics_host}:{settings.sdk_metrics_port}"
     runtime = metrics_runtime(sdk_metrics) if settings.sdk_metrics_port else None
     temporal = resolve_connect_options(settings)  # profile / TEMPORAL_* / settings / embedded stack
@@ -278,6 +290,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
     promote: asyncio.Task[bool] | None = None
     try:
         async with build_main_worker(client, deps):
+            freeze_startup_heap()
             if version is not None and settings.promote_first_version:
                 promote = asyncio.create_task(_promote_first(client, version))
             await accounts.run(stop)
@@ -287,6 +300,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         await accounts.shutdown()
         await deps.gateways.close()
         await engine.dispose()
+        gc.callbacks.remove(gc_watch)
         log.info("worker stopped")
 
 

@@ -6,6 +6,11 @@ them are in `deploy/prometheus-alerts.yml`.
 
 from __future__ import annotations
 
+import gc
+import logging
+import time
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 GHOST_POSITIONS = Counter(
@@ -78,3 +83,39 @@ STREAM_MISSED_EVENTS = Counter(
     "Ghosts the REST sync found while the account's stream was connected and had not reported them (seed 003)",
     ["exchange", "account"],
 )
+
+GC_PAUSES = Histogram(
+    "python_gc_pause_seconds",
+    "Python garbage-collection pauses of the worker, by generation (a full collection walks every "
+    "cached workflow: its pause grows with EGIS_WORKFLOW_CACHE_SIZE)",
+    ["generation"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+GC_PAUSE_WARNING_S = 0.5
+
+
+def watch_gc_pauses(log: logging.Logger) -> Callable[[str, dict[str, int]], None]:
+    """Time every garbage collection (`gc.callbacks`); a pause of GC_PAUSE_WARNING_S or more is
+    also logged at WARNING, since nothing else in the worker runs meanwhile. Returns the callback
+    (installed; `gc.callbacks.remove` takes it out)."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+            return
+        if not started:
+            return
+        pause = time.perf_counter() - started.pop()
+        generation = str(info.get("generation", "?"))
+        GC_PAUSES.labels(generation).observe(pause)
+        if pause >= GC_PAUSE_WARNING_S:
+            log.warning(
+                "garbage collection of generation %s paused the worker for %.2f s (%s objects collected)",
+                generation,
+                pause,
+                info.get("collected", 0),
+            )
+
+    gc.callbacks.append(callback)
+    return callback

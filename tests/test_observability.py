@@ -168,3 +168,45 @@ async def test_closed_positions_count_in_the_budget_no_more(h: Harness) -> None:
     async with h.deps.engine.begin() as conn:  # a status change by anyone moves the budget the same way
         await conn.execute(update(positions).where(positions.c.id == views[1].position_id).values(size_usd=D("150")))
     assert (await h.client.budget(bot)).available_usd == D("290.00")
+
+
+def test_garbage_collection_pauses_are_measured_and_long_ones_logged(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """At 10,000 cached workflows a full collection walks them all while nothing else runs: the
+    worker times every collection (`python_gc_pause_seconds`) and logs the long ones."""
+    import gc
+    import logging
+
+    def full_collections() -> float:
+        return REGISTRY.get_sample_value("python_gc_pause_seconds_count", {"generation": "2"}) or 0.0
+
+    before = full_collections()
+    monkeypatch.setattr(metrics, "GC_PAUSE_WARNING_S", 0.0)  # every pause counts as long here
+    log = logging.getLogger("egis.test.gc")
+    callback = metrics.watch_gc_pauses(log)
+    try:
+        with caplog.at_level(logging.WARNING, logger="egis.test.gc"):
+            gc.collect(2)
+    finally:
+        gc.callbacks.remove(callback)
+    assert full_collections() == before + 1
+    assert any("garbage collection of generation 2 paused the worker" in r.getMessage() for r in caplog.records)
+    gc.collect(2)  # removed: no longer counted
+    assert full_collections() == before + 1
+
+
+def test_the_startup_heap_is_frozen_out_of_full_collections() -> None:
+    """A full collection stops the worker while it walks generation 2; the worker's startup heap
+    (its modules, ccxt above all) is frozen out of it once the worker is built."""
+    import gc
+
+    import ccxt  # noqa: F401  (what a worker has loaded)
+
+    from worker import freeze_startup_heap
+
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen > 100_000 and gc.get_freeze_count() == frozen
+        gc.collect(2)
+        assert len(gc.get_objects(generation=2)) < frozen / 10, "a full collection still walks the startup heap"
+    finally:
+        gc.unfreeze()
