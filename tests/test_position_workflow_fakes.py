@@ -92,15 +92,7 @@ class Fakes:
             self.open_started.set()
             if self.open_gate is not None:
                 await self.open_gate.wait()
-            return OrderOutcome(
-                order_id=70,
-                client_order_id="egu7o1",
-                status=OrderStatus.FILLED,
-                filled_quantity=D("0.002"),
-                average_price=D(60000),
-                position_status=PositionStatus.OPEN,
-                position_id=7,
-            )
+            return filled_open()
 
         @activity.defn(name="close_position")
         async def close_position(request: CloseInput) -> CloseResult:
@@ -137,6 +129,19 @@ class Fakes:
             close_position,
             observe_position,
         ]
+
+
+def filled_open() -> OrderOutcome:
+    """The open activity's answer: position 7 open, its order filled."""
+    return OrderOutcome(
+        order_id=70,
+        client_order_id="egu7o1",
+        status=OrderStatus.FILLED,
+        filled_quantity=D("0.002"),
+        average_price=D(60000),
+        position_status=PositionStatus.OPEN,
+        position_id=7,
+    )
 
 
 def still_closing() -> CloseResult:

@@ -39,14 +39,13 @@ from egis.models import (
     OpenInput,
     OpenPositionInput,
     OrderOutcome,
-    OrderStatus,
-    PositionStatus,
     PositionWorkflowInput,
     WatcherInput,
     account_task_queue,
     watcher_workflow_id,
 )
 from tests.lifecycle import keep_history
+from tests.test_position_workflow_fakes import filled_open
 from workflows.position import PositionWorkflow
 from workflows.price_watch import IDLE_TICKS_BEFORE_EXIT, UnversionedPriceWatchWorkflow
 
@@ -164,15 +163,7 @@ async def test_an_aged_position_rechecks_its_watcher_every_two_hours_spread(ts_e
 
     @activity.defn(name="open_position")
     async def open_position(request: OpenInput) -> OrderOutcome:
-        return OrderOutcome(
-            order_id=70,
-            client_order_id="egu7o1",
-            status=OrderStatus.FILLED,
-            filled_quantity=D("0.002"),
-            average_price=D(60000),
-            position_status=PositionStatus.OPEN,
-            position_id=7,
-        )
+        return filled_open()
 
     @activity.defn(name="ensure_price_watcher")
     async def ensure_price_watcher(request: WatcherInput) -> str:
