@@ -270,7 +270,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         await migrate.upgrade(engine)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    gc_watch = metrics.watch_gc_pauses(log)
     sdk_metrics = f"{settings.metrics_host}:{settings.sdk_metrics_port}"
     runtime = metrics_runtime(sdk_metrics) if settings.sdk_metrics_port else None
     temporal = resolve_connect_options(settings)  # profile / TEMPORAL_* / settings / embedded stack
@@ -288,9 +287,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
     as_version = f", version {version.to_canonical_string()}" if version else ", unversioned"
     log.info("worker ready: task queue %s on %s%s", settings.task_queue, temporal.describe(), as_version)
     promote: asyncio.Task[bool] | None = None
+    gc_watch = None
     try:
         async with build_main_worker(client, deps):
             freeze_startup_heap()
+            gc_watch = metrics.watch_gc_pauses(log)
             if version is not None and settings.promote_first_version:
                 promote = asyncio.create_task(_promote_first(client, version))
             await accounts.run(stop)
@@ -300,7 +301,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, apply_migration
         await accounts.shutdown()
         await deps.gateways.close()
         await engine.dispose()
-        gc.callbacks.remove(gc_watch)
+        if gc_watch is not None:
+            gc.callbacks.remove(gc_watch)
         log.info("worker stopped")
 
 
